@@ -1,0 +1,30 @@
+# lightning_depth — the two commands a fresh machine needs: `make quickstart` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: setup test test-fast quickstart clean
+
+# Idempotent: reinstalls only when pyproject.toml or the CI constraints change.
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints-ci.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c constraints-ci.txt -e '.[dev]'
+	touch $(STAMP)
+
+# The whole suite, slow tests (training, DDP, SLURM) included.
+test: setup
+	WANDB_MODE=offline $(PY) -m pytest -q
+
+# The fast tests only (no training, no cluster).
+test-fast: setup
+	WANDB_MODE=offline $(PY) -m pytest -q -m "not slow"
+
+quickstart: setup
+	$(PY) -m lightning_depth summary resnet20 --input-size 32 --num-classes 10
+
+clean:
+	rm -rf $(VENV) runs wandb lightning_logs .pytest_cache

@@ -1,0 +1,8 @@
+"""Placeholder: being written."""
+from torch import nn
+
+PRESETS: dict = {}
+
+
+class DenseNet(nn.Module):
+    pass
