@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup test test-fast quickstart clean
+.PHONY: setup slurm-packages test test-fast quickstart clean
 
 # Idempotent: reinstalls only when pyproject.toml or the CI constraints change.
 setup: $(STAMP)
@@ -15,8 +15,12 @@ $(STAMP): pyproject.toml constraints-ci.txt
 	$(PY) -m pip install --quiet -c constraints-ci.txt -e '.[dev]'
 	touch $(STAMP)
 
+# The SLURM tests start a real single-node cluster; CI runs as root on a fresh Debian machine.
+slurm-packages:
+	command -v slurmctld >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurmctld slurmd slurm-client munge)
+
 # The whole suite, slow tests (training, DDP, SLURM) included.
-test: setup
+test: setup slurm-packages
 	WANDB_MODE=offline $(PY) -m pytest -q
 
 # The fast tests only (no training, no cluster).
