@@ -1,0 +1,100 @@
+"""Statistics for comparing arms over seeds: mean ± sample std with n, and seed-paired deltas with a t interval.
+
+Pairing by seed removes the variation that two arms share through the same seed (data order, augmentation draws),
+so a paired interval is tighter than comparing two independent means when the seeds are shared.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+from scipy import stats as scipy_stats
+
+CI_LABEL = "paired t, 95%"
+_LOWER_IS_BETTER = ("loss", "err", "error", "nll", "perplexity")
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Mean and sample standard deviation (ddof=1) over ``n`` values; with n < 2 the std is undefined: NaN."""
+
+    mean: float
+    std: float
+    n: int
+
+
+@dataclass(frozen=True)
+class PairedDelta:
+    """Mean of ``arm - baseline`` over the seeds both have, with its confidence interval (None when n < 2)."""
+
+    mean: float
+    ci: tuple[float, float] | None
+    n: int
+    seeds: tuple[int, ...]
+
+
+def metric_mode(metric: str) -> Literal["max", "min"]:
+    """``min`` for losses and errors (``val/loss``), ``max`` for everything else (``val/acc1``, ``val/acc1_best``)."""
+    leaf = metric.rsplit("/", 1)[-1].lower()
+    return "min" if any(word in leaf for word in _LOWER_IS_BETTER) else "max"
+
+
+def summarize(values: Iterable[float]) -> Summary:
+    """Mean ± sample std; NaN mean for no values, NaN std for one (0.0 would claim a precision one run cannot show)."""
+    x = np.asarray(list(values), dtype=float)
+    if x.size == 0:
+        return Summary(math.nan, math.nan, 0)
+    std = float(np.std(x, ddof=1)) if x.size > 1 else math.nan
+    return Summary(float(np.mean(x)), std, int(x.size))
+
+
+def t_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float] | None:
+    """Student's t interval for the mean: mean ± t_{(1+c)/2, n-1} · s / √n; None with fewer than two values."""
+    x = np.asarray(values, dtype=float)
+    if x.size < 2:
+        return None
+    mean, sem = float(np.mean(x)), float(np.std(x, ddof=1)) / math.sqrt(x.size)
+    half = float(scipy_stats.t.ppf((1 + confidence) / 2, x.size - 1)) * sem
+    return (mean - half, mean + half)
+
+
+def paired_delta(
+    arm: Mapping[int, float], baseline: Mapping[int, float], confidence: float = 0.95
+) -> PairedDelta | None:
+    """``arm - baseline`` paired by seed (keys are seeds); None when they share no seed."""
+    seeds = tuple(sorted(set(arm) & set(baseline)))
+    if not seeds:
+        return None
+    diffs = [arm[s] - baseline[s] for s in seeds]
+    return PairedDelta(float(np.mean(diffs)), t_interval(diffs, confidence), len(seeds), seeds)
+
+
+def bootstrap_interval(
+    values: Sequence[float], confidence: float = 0.95, n_resamples: int = 10_000, seed: int = 0
+) -> tuple[float, float] | None:
+    """Percentile bootstrap interval for the mean (e.g. of paired differences); None with fewer than two values.
+
+    An alternative to :func:`t_interval` that does not assume normality, though with the usual 3–5 seeds neither
+    interval can be trusted far; the report uses the t interval and says so.
+    """
+    x = np.asarray(values, dtype=float)
+    if x.size < 2:
+        return None
+    if np.all(x == x[0]):
+        return (float(x[0]), float(x[0]))
+    # SciPy 1.15 renamed random_state to rng; pyproject allows older SciPy.
+    key = "rng" if "rng" in inspect.signature(scipy_stats.bootstrap).parameters else "random_state"
+    res = scipy_stats.bootstrap((x,), np.mean, confidence_level=confidence, n_resamples=n_resamples,
+                                method="percentile", **{key: np.random.default_rng(seed)})
+    return (float(res.confidence_interval.low), float(res.confidence_interval.high))
+
+
+def edf(values: Iterable[float]) -> tuple[np.ndarray, np.ndarray]:
+    """Empirical distribution function: sorted values and the fraction of values ≤ each (Radosavovic et al. 2019)."""
+    x = np.sort(np.asarray(list(values), dtype=float))
+    return x, np.arange(1, x.size + 1) / max(x.size, 1)
