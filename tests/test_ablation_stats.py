@@ -62,8 +62,10 @@ def test_bootstrap_interval_is_deterministic_and_brackets_the_mean():
     ci = bootstrap_interval(values, n_resamples=2000)
     assert ci == bootstrap_interval(values, n_resamples=2000)
     assert ci[0] < sum(values) / len(values) < ci[1]
+    # Resampling [0, 1] gives means 0, 0.5, 1 with probabilities 1/4, 1/2, 1/4: the 95% interval is [0, 1].
+    assert bootstrap_interval([0.0, 1.0]) == (0.0, 1.0)
     assert bootstrap_interval([0.3]) is None
-    assert bootstrap_interval([0.3, 0.3, 0.3]) == (0.3, 0.3)
+    assert bootstrap_interval([0.3, 0.3, 0.3]) == pytest.approx((0.3, 0.3))
 
 
 @pytest.mark.parametrize(("metric", "mode"), [("val/acc1", "max"), ("val/acc1_best", "max"), ("test/acc5", "max"),
