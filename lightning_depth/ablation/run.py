@@ -1,0 +1,182 @@
+"""The ablation driver: experiment file → spec → trials (resolved configs on disk) → launcher → report.
+
+``fit --config FILE`` with an ``ablation:`` section lands here with the fully parsed base configuration (every
+command-line override already applied). Each trial's configuration is the base plus the arm's dotted overrides
+plus its seed, validated by the same parser that will train it and written to ``<root>/<name>/<id>/config.yaml``
+before anything trains.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lightning_depth.ablation import ledger
+from lightning_depth.ablation.spec import AblationSpec, Arm, parse_spec, short_keys, trial_id, trials
+from lightning_depth.errors import UsageError
+
+# Driver options: they choose how to launch, not what a trial trains.
+DRIVER_KEYS = ("config", "ablation", "launcher", "parallel", "retry_failed", "dry_run", "ckpt_path")
+# Per-run keys left out of the content hash: where a trial writes is derived from its id, not part of it.
+RUN_SPECIFIC = ("trainer.default_root_dir",)
+
+
+@dataclass
+class PlannedTrial:
+    id: str
+    arm: Arm
+    seed: int
+    dir: Path
+    config: Any  # the trial's jsonargparse Namespace
+
+
+def run_ablation(parser: Any, cfg: Any) -> int:
+    """Plan, launch and report an ablation; returns 0 when every trial is done."""
+    spec = parse_spec(cfg.ablation)
+    root = Path(cfg.trainer.get("default_root_dir") or "runs")
+    ablation_dir = root / spec.name
+    planned = plan(parser, cfg, spec, ablation_dir)
+    if cfg.get("dry_run"):
+        from lightning_depth.ablation.probe import print_dry_run
+
+        print_dry_run(parser, planned)
+        return 0
+    write_trials(parser, spec, ablation_dir, planned)
+    todo, skipped_failed = select(planned, retry_failed=bool(cfg.get("retry_failed")))
+    done = len(planned) - len(todo) - len(skipped_failed)
+    print(f"ablation {spec.name}: {len(planned)} trials in {ablation_dir} ({done} done, {len(todo)} to run"
+          + (f", {len(skipped_failed)} failed before: pass --retry-failed to rerun them" if skipped_failed else "")
+          + ")", file=sys.stderr)
+    if cfg.get("launcher") == "slurm":
+        from lightning_depth.ablation.launch_slurm import launch as launch_slurm
+
+        return launch_slurm(spec, ablation_dir, todo, cfg)
+    from lightning_depth.ablation.launch_local import launch
+
+    ok = launch([t.dir for t in todo], parallel=int(cfg.get("parallel") or 1), metric=spec.metric)
+    print_report(ablation_dir, spec.metric)
+    states = [ledger.read_state(t.dir) for t in planned]
+    return 0 if ok and all(s is not None and s.state == "done" for s in states) else 1
+
+
+def plan(parser: Any, cfg: Any, spec: AblationSpec, ablation_dir: Path) -> list[PlannedTrial]:
+    """Every trial's resolved, validated configuration and id; fails before any trial starts."""
+    base = cfg.clone()
+    for key in DRIVER_KEYS:
+        base.pop(key, None) if hasattr(base, "pop") else None
+    for key in spec.factors:
+        if key not in base:
+            raise UsageError(f"ablation factor {key!r} is not a key of this configuration; factor keys are the "
+                             "CLI's dotted keys, e.g. model.net.init_args.preact or model.optimizer.init_args.lr")
+    validated: dict[str, Any] = {}
+    out = []
+    for arm, seed in trials(spec):
+        if arm.name not in validated:
+            validated[arm.name] = _arm_config(parser, base, arm)
+        trial_cfg = validated[arm.name].clone()
+        trial_cfg.seed_everything = seed
+        content = plain(parser, trial_cfg)
+        for key in RUN_SPECIFIC:
+            _drop(content, key)
+        tid = trial_id(arm, seed, content)
+        trial_cfg.trainer.default_root_dir = str(ablation_dir / tid)
+        _label_wandb(trial_cfg, spec, arm, seed)
+        out.append(PlannedTrial(tid, arm, seed, ablation_dir / tid, trial_cfg))
+    return out
+
+
+def _arm_config(parser: Any, base: Any, arm: Arm) -> Any:
+    arm_cfg = base.clone()
+    for key, value in arm.overrides.items():
+        arm_cfg[key] = value
+    text = parser.dump(arm_cfg, skip_check=True)
+    try:
+        return parser.parse_string(text)
+    except Exception as err:  # jsonargparse reports a bad override as ArgumentError (or a plain error)
+        from lightning_depth.cli import _one_line
+
+        raise UsageError(f"arm {arm.name!r} is not a valid configuration: {_one_line(str(err))}") from None
+
+
+def _drop(data: dict[str, Any], dotted: str) -> None:
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        data = data.get(part) or {}
+    data.pop(leaf, None)
+
+
+def _label_wandb(trial_cfg: Any, spec: AblationSpec, arm: Arm, seed: int) -> None:
+    """One W&B run per trial: group = ablation, name = arm and seed, each factor a config key and a tag."""
+    loggers = trial_cfg.trainer.get("logger")
+    loggers = loggers if isinstance(loggers, list) else [loggers]
+    shorts = short_keys(list(arm.overrides))
+    factors = {shorts[k]: v for k, v in arm.overrides.items()}
+    tags = [f"{k}={_render(v)}" for k, v in factors.items()]
+    for logger in loggers:
+        if getattr(logger, "class_path", "").endswith("lightning_depth.loggers.WandbLogger"):
+            args = logger.init_args
+            args.group = spec.name
+            args.name = f"{arm.name}-s{seed}"
+            args.job_type = "ablation"
+            args.tags = [*tags, f"arm={arm.name}", f"seed={seed}"] + (["baseline"] if arm.is_baseline else [])
+            args.config = {**factors, "arm": arm.name, "seed": seed, "ablation": spec.name}
+
+
+def _render(value: Any) -> str:
+    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+
+
+def plain(parser: Any, cfg: Any) -> dict[str, Any]:
+    """The configuration as plain data, exactly as written to a trial's config.yaml."""
+    return yaml.safe_load(parser.dump(cfg, skip_check=True)) or {}
+
+
+def write_trials(parser: Any, spec: AblationSpec, ablation_dir: Path, planned: list[PlannedTrial]) -> None:
+    """Write every trial's config.yaml, trial.json and pending state before anything trains."""
+    ablation_dir.mkdir(parents=True, exist_ok=True)
+    for trial in planned:
+        trial.dir.mkdir(parents=True, exist_ok=True)
+        config = trial.dir / "config.yaml"
+        text = parser.dump(trial.config, skip_check=True)
+        if not config.exists() or config.read_text() != text:
+            tmp = config.with_suffix(".yaml.tmp")
+            tmp.write_text(text)
+            tmp.replace(config)
+        ledger.write_trial(trial.dir, trial.id, trial.arm, trial.seed)
+    ledger.write_ablation(ablation_dir, spec, [t.id for t in planned])
+
+
+def select(planned: list[PlannedTrial], retry_failed: bool) -> tuple[list[PlannedTrial], list[PlannedTrial]]:
+    """Trials to launch (not done; failed ones only on request) and failed trials left alone."""
+    todo, failed = [], []
+    for trial in planned:
+        state = ledger.read_state(trial.dir)
+        status = state.state if state else "pending"
+        if status == "done" and (trial.dir / ledger.RESULT_FILE).is_file():
+            continue
+        if status == "failed" and not retry_failed:
+            failed.append(trial)
+            continue
+        todo.append(trial)
+    return todo, failed
+
+
+def print_report(ablation_dir: Path, metric: str) -> None:
+    from lightning_depth.ablation.report import build_report, render, write_plots
+
+    report = build_report(ablation_dir, metric)
+    try:
+        write_plots(report, ablation_dir)
+    except Exception as err:  # noqa: BLE001 - plots are a convenience; the table is the result
+        print(f"plots skipped: {err}", file=sys.stderr)
+    print(render(report, "markdown"))
+
+
+def elapsed(start: float) -> str:
+    seconds = time.perf_counter() - start
+    return f"{seconds / 60:.1f} min" if seconds >= 90 else f"{seconds:.0f} s"
