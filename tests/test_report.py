@@ -137,6 +137,7 @@ def test_writers_produce_the_layout_the_readers_expect(tmp_path):
     assert [(t.arm, t.seed, t.status) for t in ablation.trials][:2] == [("preact=false", 0, "pending"),
                                                                         ("preact=true", 0, "pending")]
     assert ablation.trials[1].overrides == {PREACT: True} and ablation.trials[0].is_baseline
+    assert ledger.read_result(ablation.trials[0].dir) is None
 
 
 def test_resumed_runs_count_each_epoch_once(done):
@@ -145,6 +146,7 @@ def test_resumed_runs_count_each_epoch_once(done):
     assert sorted(curves["val/acc1"]) == list(range(EPOCHS))
     assert curves["val/acc1"][2] == pytest.approx(curve(ACC["baseline"][0], 2))  # version_1 wins over version_0
     assert curves["lr-SGD"][4] == 0.1 and "step" not in curves
+    assert ledger.read_result(done / tid)["metrics"]["val/acc1"]["final"] == ACC["baseline"][0]
 
 
 def test_find_ablation_accepts_a_parent_with_exactly_one(done, tmp_path):

@@ -153,6 +153,12 @@ def read_state(trial_dir: str | os.PathLike) -> TrialState | None:
     return TrialState(**{k: v for k, v in raw.items() if k in fields})
 
 
+def read_result(trial_dir: str | os.PathLike) -> dict[str, Any] | None:
+    """The trial's ``result.json`` (written only by a completed fit), or None when absent or unreadable."""
+    result = _read_json_or_none(Path(trial_dir) / RESULT_FILE)
+    return dict(result) if isinstance(result, Mapping) else None
+
+
 def write_state(trial_dir: str | os.PathLike, state: State, reason: str | None = None, **extra: Any) -> TrialState:
     """Record ``state`` with time, host and pid; ``attempts`` and ``slurm_job`` carry over unless given in ``extra``.
 
@@ -249,8 +255,7 @@ def _load_trial(trial_id: str, directory: Path) -> Trial:
         trial.state = read_state(directory)
     except (ValueError, TypeError) as err:
         trial.state = TrialState("failed", reason=f"unreadable state.json: {err}")
-    result = _read_json_or_none(directory / RESULT_FILE)
-    trial.result = dict(result) if isinstance(result, Mapping) else None
+    trial.result = read_result(directory)
     return trial
 
 
