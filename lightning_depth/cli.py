@@ -27,6 +27,8 @@ CHECKPOINT_DIR = "checkpoints"
 WANDB_ID_FILE = "wandb_id"
 # Sections of a run's config that define what is trained; a directory holding another run is never reused.
 IDENTITY_KEYS = ("model", "data", "seed_everything")
+# Options that steer an ablation or a launch; they are not part of what a run trains.
+DRIVER_KEYS = ("config", "ablation", "launcher", "parallel", "retry_failed", "dry_run", "slurm")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -144,6 +146,8 @@ def _build_cli_class():
                                 help="Rerun trials of an ablation that failed before.")
             parser.add_argument("--dry_run", "--dry-run", type=bool, default=False,
                                 help="Print an ablation's trials with size and estimated time; train nothing.")
+            parser.add_argument("--slurm", type=dict | None, default=None,
+                                help="SLURM options over the ablation's slurm: section, e.g. '{partition: gpu}'.")
 
         def before_instantiate_classes(self) -> None:
             cfg = self.config[self.subcommand]
@@ -172,7 +176,7 @@ def _build_cli_class():
             rev, dirty = git_revision(Path.cwd())
             if rev is None:
                 rev, dirty = git_revision(Path(__file__).resolve().parent)
-            flat = _flatten(_plain(cfg, drop=("config", "ablation")))
+            flat = _flatten(_plain(cfg, drop=DRIVER_KEYS))
             flat.update({"seed": cfg.get("seed_everything"), "git_revision": rev, "git_dirty": dirty})
             for logger in self.trainer.loggers:
                 logger.log_hyperparams(flat)
@@ -216,7 +220,7 @@ def prepare_run(parser: Any, cfg: Any, subcommand: str) -> Path:
     root = default_root_dir(cfg)
     cfg.trainer.default_root_dir = str(root)
     _check_writable(root)
-    resolved = _plain(cfg, drop=("config", "ablation", "launcher", "parallel", "retry_failed", "dry_run"))
+    resolved = _plain(cfg, drop=DRIVER_KEYS)
     if subcommand == "fit":
         _guard_identity(root, resolved)
     _configure_loggers(cfg, root)

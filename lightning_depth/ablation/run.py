@@ -9,7 +9,6 @@ before anything trains.
 from __future__ import annotations
 
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ from lightning_depth.ablation.spec import AblationSpec, Arm, parse_spec, short_k
 from lightning_depth.errors import UsageError
 
 # Driver options: they choose how to launch, not what a trial trains.
-DRIVER_KEYS = ("config", "ablation", "launcher", "parallel", "retry_failed", "dry_run", "ckpt_path")
+DRIVER_KEYS = ("config", "ablation", "launcher", "parallel", "retry_failed", "dry_run", "slurm", "ckpt_path")
 # Per-run keys left out of the content hash: where a trial writes is derived from its id, not part of it.
 RUN_SPECIFIC = ("trainer.default_root_dir",)
 
@@ -131,6 +130,11 @@ def _render(value: Any) -> str:
     return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
 
 
+def plain_namespace(ns: Any) -> dict[str, Any]:
+    """A jsonargparse Namespace section as plain data."""
+    return yaml.safe_load(yaml.safe_dump(ns.clone().as_dict())) or {}
+
+
 def plain(parser: Any, cfg: Any) -> dict[str, Any]:
     """The configuration as plain data, exactly as written to a trial's config.yaml."""
     return yaml.safe_load(parser.dump(cfg, skip_check=True)) or {}
@@ -177,6 +181,3 @@ def print_report(ablation_dir: Path, metric: str) -> None:
     print(render(report, "markdown"))
 
 
-def elapsed(start: float) -> str:
-    seconds = time.perf_counter() - start
-    return f"{seconds / 60:.1f} min" if seconds >= 90 else f"{seconds:.0f} s"
