@@ -7,6 +7,7 @@ to /etc or /run, and the machine's own munge or SLURM services (if any) are left
 
 from __future__ import annotations
 
+import ctypes
 import os
 import re
 import shutil
@@ -212,6 +213,11 @@ class SlurmCluster:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
+def _die_with_parent() -> None:
+    # A test run killed outright (CI timeout, SIGKILL) must not leave daemons holding ports and the munge socket.
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 def _kill(pid: int) -> None:
     try:
         os.kill(pid, signal.SIGKILL)
@@ -227,7 +233,8 @@ def _start_munged(root: Path) -> subprocess.Popen:
         f.write(os.urandom(1024))
     cmd = [_program("munged"), "--foreground", "--force", f"--key-file={key}", f"--socket={root}/munge.socket",
            f"--pid-file={root}/munged.pid", f"--log-file={root}/munged.log", f"--seed-file={root}/munged.seed"]
-    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(root / "munged.stderr", "wb"))
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(root / "munged.stderr", "wb"),
+                            start_new_session=True, preexec_fn=_die_with_parent)
 
 
 def _wait_for(predicate, timeout: float, what: str, cluster: SlurmCluster) -> None:
@@ -279,7 +286,7 @@ def start(timeout: float = 60) -> SlurmCluster:
             cluster.procs[name] = subprocess.Popen([_program(name), *args, "-f", str(conf)], env=env,
                                                    stdout=subprocess.DEVNULL,
                                                    stderr=open(root / f"{name}.stderr", "wb"),
-                                                   start_new_session=True)
+                                                   start_new_session=True, preexec_fn=_die_with_parent)
 
         def node_idle() -> bool:
             out = cluster.run("sinfo", "-h", "-N", "-o", "%T", check=False, timeout=10).stdout.split()
@@ -290,3 +297,16 @@ def start(timeout: float = 60) -> SlurmCluster:
         cluster.stop()
         raise
     return cluster
+
+
+if __name__ == "__main__":
+    # By hand: start the cluster, print how to reach it, stop it on Ctrl-C or SIGTERM.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    running = start()
+    print(f"export SLURM_CONF={running.conf}\n{running.run('sinfo').stdout}Ctrl-C stops the cluster.", flush=True)
+    try:
+        signal.pause()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        running.stop()
