@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import stat
 import subprocess
+import sys
 import textwrap
 import time
 from pathlib import Path
 
 import pytest
 import slurm_cluster
+import yaml
 
 from lightning_depth.ablation import slurm, trial
 from lightning_depth.ablation.slurm import Resources, SlurmOptions, derive_resources, render_script, submit
@@ -53,6 +56,7 @@ NASTY_NO_BACKSLASH = NASTY.replace("\\", "")
     ({"extra_sbatch": ["--gres=gpu:2"]}, "set slurm.gpus_per_node"),
     ({"extra_sbatch": ["--output=x.log"]}, "logs always go to <ablation>/slurm/logs"),
     ({"python": ""}, "slurm.python"),
+    ({"time": "02:00", "signal_lead_s": 120}, "signal_lead_s=120 is not shorter than slurm.time=02:00"),
 ])
 def test_bad_options_are_one_line_errors(kwargs, message):
     with pytest.raises(UsageError) as err:
@@ -66,6 +70,14 @@ def test_good_options_are_kept():
                            mem="64G", array_throttle=4, extra_sbatch=["#SBATCH --constraint=a100", "--gres=nvme:1"])
     assert options.extra_sbatch == ["--constraint=a100", "--gres=nvme:1"]
     assert options.signal_lead_s == 120 and options.max_requeues == 3
+
+
+@pytest.mark.parametrize("time, seconds", [
+    ("90", 5400), ("10:30", 630), ("04:00:00", 14400), ("2-00", 172800), ("1-02:03", 93780),
+    ("1-02:03:04", 93784), ("UNLIMITED", None), (None, None),
+])
+def test_slurm_time_formats(time, seconds):
+    assert slurm._seconds(time) == seconds
 
 
 def test_options_from_the_ablation_file_refuse_unknown_keys():
@@ -341,3 +353,179 @@ def test_sbatch_refusal_is_one_line(cluster, tmp_path, monkeypatch):
     with pytest.raises(UsageError, match="sbatch refused .*ablation.sbatch: .*") as err:
         submit(tmp_path / "abl", trials, SlurmOptions(python="python3", partition="nosuchpartition"), CPU1)
     assert "\n" not in str(err.value)
+
+
+# ------------------------------------------------------------------------------------------------- end to end
+# The real thing: `fit --launcher slurm` plans an ablation and submits it; every array task runs
+# `srun python -m lightning_depth trial DIR` on the cluster.
+
+TINY = REPO / "tests" / "configs" / "tiny_resnet.yaml"
+PREACT = "model.net.init_args.preact"
+# Shell syntax in a W&B note and in every path the job touches: it must reach the trial as written.
+NOTE = "a note; with 'quotes' \"both\" $(touch pwned) `touch pwned2` $HOME & | > out"
+
+
+def write_config(path: Path, name: str, seeds: list[int], preact: list[bool], **trainer: object) -> Path:
+    """The tiny ResNet config plus an ablation: section and a W&B note; trainer keys override the tiny ones."""
+    config = yaml.safe_load(TINY.read_text())
+    config["trainer"].update(trainer)
+    config["trainer"]["logger"] = [
+        {"class_path": "lightning_depth.loggers.WandbLogger", "init_args": {"notes": NOTE}},
+        {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": ".", "name": "csv"}},
+    ]
+    config["ablation"] = {"name": name, "factors": {PREACT: preact}, "seeds": seeds}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def fit_on_slurm(config: Path, root: Path, cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    """``python -m lightning_depth fit --config CONFIG --launcher slurm``, as a user types it on a login node."""
+    proc = subprocess.run([sys.executable, "-m", "lightning_depth", "fit", "--config", str(config),
+                           "--trainer.default_root_dir", str(root), "--launcher", "slurm", *args],
+                          cwd=cwd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr[-4000:]}"
+    return proc
+
+
+def job_id(proc: subprocess.CompletedProcess) -> str:
+    match = re.search(r"submitted array job (\d+)", proc.stdout + proc.stderr)
+    assert match, f"no job id in:\n{proc.stdout}\n{proc.stderr}"
+    return match.group(1)
+
+
+def status(ablation_dir: Path) -> dict:
+    proc = subprocess.run([sys.executable, "-m", "lightning_depth", "status", str(ablation_dir), "--format", "json"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def slurm_logs(ablation_dir: Path) -> str:
+    return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')}"
+                     for p in sorted((ablation_dir / "slurm" / "logs").glob("*.out")))
+
+
+def wait_done(cluster, job: str, ablation_dir: Path, timeout: float) -> dict[str, str]:
+    states = cluster.wait_job(job, timeout=timeout)
+    assert set(states.values()) == {"COMPLETED"}, f"{states}\n{slurm_logs(ablation_dir)}"
+    return states
+
+
+@pytest.fixture(scope="module")
+def sweep(cluster, tmp_path_factory):
+    """A two-arm ablation submitted from, and written under, directories full of shell syntax."""
+    home = tmp_path_factory.mktemp("sweep") / NASTY_NO_BACKSLASH
+    home.mkdir()
+    config = write_config(home / "ablation.yaml", "sweep", seeds=[0], preact=[False, True])
+    root = home / "runs"
+    start = time.monotonic()
+    proc = fit_on_slurm(config, root, home)
+    job = job_id(proc)
+    ablation_dir = root / "sweep"
+    states = wait_done(cluster, job, ablation_dir, timeout=600)
+    print(f"sweep: {len(states)} trials in {time.monotonic() - start:.0f} s\n{proc.stdout}")
+    return {"home": home, "config": config, "root": root, "dir": ablation_dir, "job": job, "submit": proc}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_sweep_runs_every_trial_to_done(sweep):
+    ablation_dir, job = sweep["dir"], sweep["job"]
+    out = sweep["submit"].stdout
+    assert f"squeue -j {job}" in out and "lightning_depth status" in out and f"{job}_<task>.out" in out
+    report = status(ablation_dir)
+    print(subprocess.run([sys.executable, "-m", "lightning_depth", "status", str(ablation_dir)],
+                         capture_output=True, text=True).stdout)
+    assert report["totals"]["done"] == 2, report
+    for row in report["trials"]:
+        assert row["attempts"] == 1 and row["slurm_job"].startswith(f"{job}_"), row
+        result = json.loads((ablation_dir / row["id"] / "result.json").read_text())
+        assert result["metrics"]["val/acc1"]["final"] > 0
+    trials = (ablation_dir / "slurm" / "trials.txt").read_text().splitlines()
+    assert sorted(Path(t).name for t in trials) == sorted(row["id"] for row in report["trials"])
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_config_values_reach_the_trial_unchanged(sweep):
+    """The running trial logs its resolved config; shell syntax in paths and values arrives byte for byte."""
+    ablation_dir = sweep["dir"]
+    for trial_dir in sorted(p.parent for p in ablation_dir.glob("*/config.yaml")):
+        hparams = yaml.safe_load(next(trial_dir.glob("csv/version_*/hparams.yaml")).read_text())
+        assert hparams["trainer.default_root_dir"] == str(trial_dir)
+        wandb_args = next(lg["init_args"] for lg in hparams["trainer.logger"] if "Wandb" in lg["class_path"])
+        assert wandb_args["notes"] == NOTE
+    assert not list(sweep["home"].parent.rglob("pwned*"))
+    assert not (sweep["home"] / "out").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_resubmission_skips_done_trials(cluster, sweep):
+    """A third seed added later: only its two trials are submitted; the first two are not trained again."""
+    ablation_dir, home = sweep["dir"], sweep["home"]
+    done_before = {p.parent.name: p.stat().st_mtime_ns for p in ablation_dir.glob("*/result.json")}
+    config = write_config(home / "ablation.yaml", "sweep", seeds=[0, 1], preact=[False, True])
+    job = job_id(fit_on_slurm(config, sweep["root"], home))
+    trials = [Path(t) for t in (ablation_dir / "slurm" / "trials.txt").read_text().splitlines()]
+    assert len(trials) == 2 and not {t.name for t in trials} & set(done_before)
+    wait_done(cluster, job, ablation_dir, timeout=600)
+    assert status(ablation_dir)["totals"]["done"] == 4
+    assert {n: (ablation_dir / n / "result.json").stat().st_mtime_ns for n in done_before} == done_before
+    again = fit_on_slurm(config, sweep["root"], home)
+    assert "nothing to submit" in again.stderr + again.stdout
+    assert slurm.submitted_jobs(ablation_dir) == [sweep["job"], job]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_usr1_requeues_and_resumes_with_the_same_wandb_run_and_metrics(cluster, tmp_path, monkeypatch):
+    """scancel --signal=USR1 mid-training: checkpoint, requeue, resume; the result equals an unsignalled run's."""
+    monkeypatch.chdir(tmp_path)
+    # Large enough images that training lasts several seconds after the first checkpoint.
+    config = write_config(tmp_path / "usr1.yaml", "usr1", seeds=[0], preact=[False], max_epochs=6,
+                          limit_train_batches=12)
+    data = yaml.safe_load(config.read_text())
+    data["data"]["init_args"]["image_size"] = 48
+    config.write_text(yaml.safe_dump(data, sort_keys=False))
+    reference = job_id(fit_on_slurm(config, tmp_path / "reference", tmp_path))
+    signalled = job_id(fit_on_slurm(config, tmp_path / "signalled", tmp_path))
+    ablation_dir = tmp_path / "signalled" / "usr1"
+    trial_dir = next(p.parent for p in ablation_dir.glob("*/config.yaml"))
+    deadline = time.monotonic() + 400
+    while not (trial_dir / "checkpoints" / "last.ckpt").exists():
+        assert time.monotonic() < deadline, f"no checkpoint yet\n{slurm_logs(ablation_dir)}"
+        assert not (trial_dir / "result.json").exists(), "the trial finished before it could be signalled"
+        time.sleep(0.2)
+    cluster.run("scancel", "--signal=USR1", f"{signalled}_0")
+    wait_done(cluster, signalled, ablation_dir, timeout=600)
+    wait_done(cluster, reference, tmp_path / "reference" / "usr1", timeout=600)
+
+    log = slurm_logs(ablation_dir)
+    assert "attempt 1 on" in log and "attempt 2 on" in log, log
+    state = json.loads((trial_dir / "state.json").read_text())
+    assert state["state"] == "done" and state["attempts"] == 2, state
+    result = json.loads((trial_dir / "result.json").read_text())
+    ref_dir = tmp_path / "reference" / "usr1" / trial_dir.name
+    expected = json.loads((ref_dir / "result.json").read_text())
+    assert result["metrics"] == expected["metrics"]
+    assert (result["epochs"], result["global_step"]) == (expected["epochs"], expected["global_step"])
+    runs = sorted((trial_dir / "wandb").glob("offline-run-*"))
+    assert len(runs) == 2 and {r.name.rsplit("-", 1)[1] for r in runs} == {result["wandb_run_id"]}, runs
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_two_task_ddp_trial_runs_through_srun(cluster, tmp_path, monkeypatch):
+    """devices 2 + ddp on CPU: srun starts both processes and Lightning takes its ranks from SLURM."""
+    monkeypatch.chdir(tmp_path)
+    config = write_config(tmp_path / "ddp.yaml", "ddp", seeds=[0], preact=[False])
+    job = job_id(fit_on_slurm(config, tmp_path / "runs", tmp_path, "--trainer.devices", "2",
+                              "--trainer.strategy", "ddp", "--trainer.accelerator", "cpu"))
+    ablation_dir = tmp_path / "runs" / "ddp"
+    assert "#SBATCH --ntasks-per-node=2" in (ablation_dir / "slurm" / "ablation.sbatch").read_text()
+    wait_done(cluster, job, ablation_dir, timeout=600)
+    log = slurm_logs(ablation_dir)
+    assert "GLOBAL_RANK: 0, MEMBER: 1/2" in log and "GLOBAL_RANK: 1, MEMBER: 2/2" in log, log
+    assert status(ablation_dir)["totals"]["done"] == 1

@@ -102,6 +102,10 @@ class SlurmOptions:
         _check_int("array_throttle", self.array_throttle, 1)
         _check_int("signal_lead_s", self.signal_lead_s, 1, 65535, optional=False)
         _check_int("max_requeues", self.max_requeues, 0, optional=False)
+        limit = _seconds(self.time)
+        if limit is not None and self.signal_lead_s >= limit:
+            raise UsageError(f"slurm.signal_lead_s={self.signal_lead_s} is not shorter than slurm.time={self.time}: "
+                             f"the trial would be told to stop as it starts; lower signal_lead_s")
         for name in ("extra_sbatch", "setup"):
             lines = getattr(self, name)
             if not isinstance(lines, list) or not all(isinstance(line, str) for line in lines):
@@ -349,6 +353,19 @@ def _check_int(name: str, value: Any, low: int, high: int | None = None, optiona
     if not isinstance(value, int) or isinstance(value, bool) or value < low or (high is not None and value > high):
         bound = f"between {low} and {high}" if high is not None else f"at least {low}"
         raise UsageError(f"slurm.{name}={value!r}: expected a whole number {bound}")
+
+
+def _seconds(time: str | None) -> int | None:
+    """SLURM's time formats in seconds: M, M:S, H:M:S, D-H, D-H:M, D-H:M:S; None when unlimited or unset."""
+    if time is None or time in ("UNLIMITED", "INFINITE"):
+        return None
+    days, _, clock = time.rpartition("-")
+    parts = [int(p) for p in clock.split(":")]
+    if days:
+        hours, minutes, seconds = (parts + [0, 0])[:3]
+    else:
+        hours, minutes, seconds = {1: (0, parts[0], 0), 2: (0, *parts), 3: tuple(parts)}[len(parts)]
+    return ((int(days or 0) * 24 + hours) * 60 + minutes) * 60 + seconds
 
 
 def _as_count(value: Any) -> int | None:
