@@ -304,21 +304,27 @@ def _describe(annotation: Any) -> str:
     if origin is typing.Literal:
         return "one of " + ", ".join(map(str, args))
     if origin is tuple:
-        return "a list like [6,12,24,16]"
+        return "a list like 6,12,24,16"
     if origin in (typing.Union, types.UnionType):
         return " or ".join(_describe(a) if a is not type(None) else "null" for a in args)
     return getattr(annotation, "__name__", str(annotation))
 
 
+def _is_tuple(annotation: Any) -> bool:
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return any(map(_is_tuple, typing.get_args(annotation)))
+    return typing.get_origin(annotation) is tuple
+
+
 def _type_hints(cls: type) -> dict[str, Any]:
     try:
         return typing.get_type_hints(cls.__init__)
-    except Exception:  # noqa: BLE001 - unresolved hints only cost the friendlier message
+    except Exception:  # noqa: BLE001 - unresolved hints only cost the friendlier messages
         return {}
 
 
 class _Parser(ArgumentParser):
-    """jsonargparse's typed parsing, but errors become one line instead of usage text and exit."""
+    """jsonargparse's typed parsing, but an error is raised as one line instead of printing usage and exiting."""
 
     def error(self, message: str, *args: Any, **kwargs: Any) -> typing.NoReturn:  # type: ignore[override]
         raise argparse.ArgumentError(None, message)
@@ -326,35 +332,25 @@ class _Parser(ArgumentParser):
 
 def _normalize(argv: list[str], hints: dict[str, Any]) -> list[str]:
     """``--growth-rate`` and ``--growth_rate`` are the same toggle; ``6,12,24,16`` is accepted for a tuple."""
-    out, key = [], None
+    out: list[str] = []
+    wants_tuple = False  # the previous token was a tuple toggle waiting for its value
     for token in argv:
         if token.startswith("--"):
             flag, eq, value = token[2:].partition("=")
             key = flag.replace("-", "_")
-            token = f"--{key}{eq}{value}"
-            if eq and typing.get_origin(hints.get(key)) is tuple and not value.startswith("["):
-                token = f"--{key}=[{value}]"
-            if eq:
-                key = None
-        elif key is not None and typing.get_origin(hints.get(key)) is tuple and not token.startswith("["):
-            token = f"[{token}]"
-            key = None
+            wants_tuple = _is_tuple(hints.get(key))
+            if eq and wants_tuple and value[:1] not in ("[", "n"):
+                value = f"[{value}]"
+            token, wants_tuple = f"--{key}{eq}{value}", wants_tuple and not eq
+        elif wants_tuple:
+            token = token if token[:1] in ("[", "n") else f"[{token}]"
+            wants_tuple = False
         out.append(token)
     return out
 
 
-def _build_parser(cls: type[nn.Module], preset: dict[str, Any], name: str) -> _Parser:
-    parser = _Parser(prog=f"lightning_depth summary {name}", exit_on_error=False)
-    parser.add_class_arguments(cls, nested_key=None, fail_untyped=False)
-    parser.set_defaults(**preset)
-    parser.add_argument("--input_size", type=str, default=None, help="image side N or HxW (default: the paper's)")
-    parser.add_argument("--format", type=str, choices=["table", "json"], default="table")
-    parser.add_argument("--expand", type=int, default=None, help="module nesting level of the rows (default: auto)")
-    return parser
-
-
 def _parse_size(text: str) -> tuple[int, int]:
-    parts = text.lower().replace("×", "x").split("x")
+    parts = text.lower().split("x")
     try:
         h, w = (int(parts[0]),) * 2 if len(parts) == 1 else map(int, parts)
     except ValueError:
@@ -364,13 +360,73 @@ def _parse_size(text: str) -> tuple[int, int]:
     return h, w
 
 
-def _bad_value(err: Exception, cls: type, hints: dict[str, Any]) -> UsageError:
-    text = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
-    match = re.match(r'Parser key "([^"]+)":.*Got value: (.*)$', text)
-    if match and match.group(1) in hints:
-        key, got = match.groups()
-        return UsageError(f"bad value {got!r} for --{key} of {cls.__name__}; expected {_describe(hints[key])}")
-    return UsageError(text)
+def _parse(name: str, argv: list[str]) -> tuple[type[nn.Module], dict[str, Any], argparse.Namespace]:
+    """The family, its full toggles (preset, then the command line) and the summary's own options."""
+    try:
+        cls, preset = resolve(name)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    hints = _type_hints(cls)
+    toggles = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+    argv = _normalize(argv, hints)
+    for token in argv:
+        key = token[2:].partition("=")[0] if token.startswith("--") else None
+        if key is not None and key not in toggles and key not in _OWN_OPTIONS:
+            hint = " (the table's nesting level is --expand)" if key == "depth" else ""
+            raise UsageError(f"unknown toggle --{key} for {cls.__name__}; valid toggles: {', '.join(toggles)}{hint}")
+
+    parser = _Parser(prog=f"lightning_depth summary {name}", exit_on_error=False)
+    parser.add_class_arguments(cls, nested_key=None, fail_untyped=False)
+    parser.set_defaults(**preset)
+    parser.add_argument("--input_size", type=str, default=None, help="image side N or HxW (default: the paper's)")
+    parser.add_argument("--format", type=str, choices=["table", "json"], default="table")
+    parser.add_argument("--expand", type=int, default=None, help="module nesting level of the rows (default: auto)")
+    try:
+        cfg = parser.parse_args(argv)
+    except argparse.ArgumentError as err:
+        text = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
+        bad = re.match(r'Parser key "([^"]+)":.*(?:Got|Given) value: (.*)$', text)
+        if bad and bad.group(1) in hints:
+            key, got = bad.groups()
+            text = f"bad value {got!r} for --{key} of {cls.__name__}; expected {_describe(hints[key])}"
+        elif text.startswith("the following arguments are required"):
+            missing = [f"--{k.strip()}" for k in text.partition(":")[2].split(",")]
+            text = f"{name} needs {', '.join(missing)}: {cls.__name__} has no default for it"
+        elif text.startswith("unrecognized arguments"):
+            text = f"{text}; give toggles as --NAME VALUE (valid toggles: {', '.join(toggles)})"
+        raise UsageError(text) from None
+    return cls, {k: cfg[k] for k in toggles if k in cfg}, cfg
+
+
+def _build(cls: type[nn.Module], kwargs: dict[str, Any], meta: bool) -> nn.Module:
+    """Build on the meta device when asked: no weight initialisation (VGG's 138 M take seconds), same shapes."""
+    try:
+        if meta:
+            with torch.device("meta"):
+                return cls(**kwargs)
+        return cls(**kwargs)
+    except (ValueError, TypeError) as err:
+        raise UsageError(f"{cls.__name__}: {err}") from None
+
+
+def _summarize_or_advise(cls, kwargs, size, depth, name) -> ModelSummary:
+    """The summary; for an input the model cannot take, a UsageError naming the smallest square input that runs."""
+    paper, in_channels = paper_input_size(cls, kwargs), kwargs.get("in_channels", 3)
+    model = _build(cls, kwargs, meta=True)
+    for meta in (True, False):
+        try:
+            return summarize(model, size, in_channels, depth=depth, name=name)
+        except InputSizeError as err:
+            try:
+                summarize(model, paper, in_channels)
+            except InputSizeError as at_paper_size:
+                if meta:  # perhaps the model makes tensors of its own on a fixed device: try real weights
+                    model = _build(cls, kwargs, meta=False)
+                    continue
+                raise at_paper_size.__cause__ from None  # broken at its own size: a bug, so show the traceback
+            smallest = smallest_input_size(model, paper, in_channels)
+            raise UsageError(f"{err}; smallest square input that runs: {smallest} (paper: {paper})") from None
+    raise AssertionError("unreachable")
 
 
 def main(argv: list[str]) -> int:
@@ -381,56 +437,14 @@ def main(argv: list[str]) -> int:
     if argv[0] in ("-h", "--help"):
         print(_USAGE)
         return 0
-    name, rest = argv[0], argv[1:]
-    if name.startswith("-"):
-        raise UsageError(f"the model name comes first: summary NAME [--TOGGLE VALUE ...], got {name!r}")
-    try:
-        cls, preset = resolve(name)
-    except ValueError as err:
-        raise UsageError(str(err)) from None
-
-    hints = _type_hints(cls)
-    toggles = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
-    rest = _normalize(rest, hints)
-    for token in rest:
-        key = token[2:].partition("=")[0] if token.startswith("--") else None
-        if key is not None and key not in toggles and key not in _OWN_OPTIONS:
-            hint = " (the table's nesting level is --expand)" if key == "depth" else ""
-            raise UsageError(f"unknown toggle --{key} for {cls.__name__}; valid toggles: {', '.join(toggles)}{hint}")
-
-    parser = _build_parser(cls, preset, name)
-    try:
-        cfg = parser.parse_args(rest)
-    except argparse.ArgumentError as err:
-        raise _bad_value(err, cls, hints) from None
-    kwargs = {k: cfg[k] for k in toggles if k in cfg}
-    try:
-        model = cls(**kwargs)
-    except (ValueError, TypeError) as err:
-        raise UsageError(f"{name}: {err}") from None
-
-    paper = paper_input_size(cls, kwargs)
-    size = _parse_size(cfg.input_size) if cfg.input_size else (paper, paper)
-    in_channels = kwargs.get("in_channels", 3)
+    if argv[0].startswith("-"):
+        raise UsageError(f"the model name comes first: summary NAME [--TOGGLE VALUE ...], got {argv[0]!r}")
+    name = argv[0]
+    cls, kwargs, cfg = _parse(name, argv[1:])
     if cfg.expand is not None and cfg.expand < 1:
         raise UsageError(f"--expand {cfg.expand}: the nesting level starts at 1 (the model's children)")
-    try:
-        summary = summarize(model, size, in_channels, depth=cfg.expand, name=name)
-    except InputSizeError as err:
-        raise UsageError(_size_advice(err, model, paper, in_channels)) from None
-
-    if cfg.format == "json":
-        print(json.dumps(summary.to_dict(), indent=2))
-    else:
-        print(format_table(summary))
+    paper = paper_input_size(cls, kwargs)
+    size = _parse_size(cfg.input_size) if cfg.input_size else (paper, paper)
+    summary = _summarize_or_advise(cls, kwargs, size, cfg.expand, name)
+    print(json.dumps(summary.to_dict(), indent=2) if cfg.format == "json" else format_table(summary))
     return 0
-
-
-def _size_advice(err: InputSizeError, model: nn.Module, paper: int, in_channels: int) -> str:
-    """Name the smallest square input that runs, or re-raise if even the paper's size fails (a bug, not a usage error)."""
-    try:
-        summarize(model, paper, in_channels)
-    except InputSizeError as at_paper_size:
-        raise at_paper_size.__cause__ from None  # broken at its own size: a bug, so show the traceback
-    return f"{err}; smallest square input that runs: {smallest_input_size(model, paper, in_channels)} (paper: {paper})"
-
