@@ -17,7 +17,7 @@ BOTTLENECK_WIDTH = 4  # §3 "Bottleneck layers": the 1×1 convolution produces 4
 
 
 class DenseLayer(nn.Module):
-    """One composite function H_ℓ: BN-ReLU-3×3 conv (k maps), or with a bottleneck BN-ReLU-1×1 conv (4k)-BN-ReLU-3×3.
+    """One composite function H_ℓ: BN-ReLU-3×3 conv (k maps); with a bottleneck, BN-ReLU-1×1 conv (4k) first.
 
     Without a bottleneck the single BN-ReLU-conv is named ``norm1``/``conv1``; with one, names follow torchvision.
     """
@@ -77,7 +77,8 @@ class DenseBlock(nn.ModuleDict):
     def __init__(self, num_layers: int, in_channels: int, growth_rate: int, **layer_kwargs: Any) -> None:
         super().__init__()
         for i in range(num_layers):
-            self.add_module(f"denselayer{i + 1}", DenseLayer(in_channels + i * growth_rate, growth_rate, **layer_kwargs))
+            layer = DenseLayer(in_channels + i * growth_rate, growth_rate, **layer_kwargs)
+            self.add_module(f"denselayer{i + 1}", layer)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         features = [x]
@@ -151,7 +152,7 @@ class DenseNet(nn.Module):
         if isinstance(compression, bool) or not isinstance(compression, (int, float)) or not 0 < compression <= 1:
             raise ValueError(f"compression={compression!r} is not allowed; allowed: a number in (0, 1]")
         block_config = resolve_blocks(depth, block_config, bottleneck, stem)
-        self.depth = implied_depth(block_config, bottleneck)
+        self.depth = implied_depth(block_config, bottleneck) if depth is None else depth
         self.growth_rate, self.block_config, self.bottleneck = growth_rate, block_config, bottleneck
         self.compression, self.stem = compression, stem
 
@@ -184,6 +185,8 @@ class DenseNet(nn.Module):
         return OrderedDict(conv0=nn.Conv2d(in_channels, width, 3, padding=1, bias=False))
 
     def _init_weights(self) -> None:
+        if next(self.parameters()).is_meta:
+            return  # built on the meta device to inspect shapes: there are no values to draw
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -212,14 +215,17 @@ def resolve_blocks(
         if not block_config or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in block_config):
             raise ValueError(f"block_config={block_config!r} is not allowed; allowed: a tuple of integers >= 1")
         implied = implied_depth(block_config, bottleneck)
-        if depth is not None and depth != implied:
+        named = stem == "imagenet" and bottleneck and IMAGENET_BLOCKS.get(depth) == block_config
+        if depth is not None and depth != implied and not named:
             raise ValueError(
                 f"depth={depth} disagrees with block_config={block_config} (bottleneck={bottleneck}), which has "
                 f"{implied} weight layers; pass depth=None with block_config"
             )
         return block_config
     if depth is None:
-        raise ValueError("depth=None needs a block_config; give a depth (e.g. 121) or block_config (e.g. (6, 12, 24, 16))")
+        raise ValueError(
+            "depth=None needs a block_config; give a depth (e.g. 121) or block_config (e.g. (6, 12, 24, 16))"
+        )
     check_positive_int("depth", depth)
     if stem == "imagenet":
         if depth not in IMAGENET_BLOCKS:
@@ -242,7 +248,8 @@ def resolve_blocks(
     return ((depth - 4) // per_block,) * 3
 
 
-# Table 1 (DenseNet-BC, k = 32): depth -> layers in each of the four dense blocks.
+# Table 1 (DenseNet-BC, k = 32): depth -> layers in each of the four dense blocks. By the paper's own count (first
+# conv, two per layer, transitions, classifier) 264's blocks give 265 weight layers; we keep the paper's name.
 IMAGENET_BLOCKS: dict[int, tuple[int, ...]] = {
     121: (6, 12, 24, 16),
     169: (6, 12, 32, 32),

@@ -224,8 +224,8 @@ class ResNet(nn.Module):
             self.conv1 = nn.Conv2d(in_channels, width, 7, stride=2, padding=3, bias=False)
         else:
             self.conv1 = conv3x3(in_channels, width)
-        # Pre-activation keeps this BN-ReLU: it is the first unit's pre-activation, applied "right after conv1 and
-        # before splitting into two paths" (He et al. 2016, appendix), so that unit has none of its own.
+        # Pre-activation keeps this BN-ReLU: He et al. 2016 (appendix) apply the first unit's activation right after
+        # conv1, before the split into two paths, so that unit has none of its own.
         self.bn1 = nn.BatchNorm2d(width)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(3, stride=2, padding=1) if stem == "imagenet" else nn.Identity()
@@ -260,6 +260,8 @@ class ResNet(nn.Module):
         return nn.Sequential(*layers), out_width
 
     def _init_weights(self) -> None:
+        if next(self.parameters()).is_meta:
+            return  # built on the meta device to inspect shapes: there are no values to draw
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -347,7 +349,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "plain18": {"depth": 18, "residual": False},
     "plain34": {"depth": 34, "residual": False},
     **{f"plain{d}": {"depth": d, "residual": False, **CIFAR10} for d in (20, 32, 44, 56)},
-    # He et al. 2015, Table 6 (option A), and He et al. 2016, Table 1 / Table 3 (original, bottleneck, option B).
+    # He et al. 2015, Table 6 (option A); 164 and 1001 are He et al. 2016's "original" bottleneck nets (Tables 2-3).
     **{f"resnet{d}": {"depth": d, **CIFAR10} for d in CIFAR_PAPER_BLOCKS},
     # He et al. 2016, Tables 2-3 (CIFAR) and Table 5 (ImageNet).
     **{f"preact_resnet{d}": {"depth": d, "preact": True, **CIFAR10} for d in (110, 164, 1001)},
