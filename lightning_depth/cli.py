@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 import secrets
 import subprocess
 import sys
@@ -44,8 +45,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_cli(argv: list[str]) -> int:
     """Run a Trainer subcommand through LightningCLI; expected failures become one-line UsageErrors."""
+    import warnings
+
     from jsonargparse import ArgumentError
 
+    # LightningCLI warns when given args while sys.argv also has some; here they are the same arguments.
+    warnings.filterwarnings("ignore", message=".*args parameter is intended to run from within Python.*")
     try:
         DepthCLI(args=argv)
     except ArgumentError as err:
@@ -56,12 +61,25 @@ def run_cli(argv: list[str]) -> int:
 
 
 def _one_line(message: str) -> str:
+    """jsonargparse explains a nested failure over several lines; say it in one: the full key and the reason."""
     lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
     if not lines:
         return "invalid arguments"
-    # jsonargparse explains nested failures over several lines; the first and the most specific say it all.
-    specific = [line for line in lines[1:] if "Key " in line or "Expected" in line or "not " in line.lower()]
-    return lines[0] if not specific else f"{lines[0]} ({specific[-1].lstrip('- ')})"
+    path, reasons, nested_class = "", [], False
+    for line in lines:
+        key = re.match(r'^(?:- )?Parser key "([^"]+)":?\s*(.*)$', line)
+        if key:
+            path = f"{path}.init_args.{key[1]}" if path and nested_class else (f"{path}.{key[1]}" if path else key[1])
+            nested_class = False
+            if key[2]:
+                reasons.append(key[2])
+        elif line.startswith("Problem with given class_path"):
+            nested_class = True
+        else:
+            reasons.append(line.lstrip("- "))
+    reason = reasons[-1] if reasons else lines[0]
+    reason = re.sub(r"Expected a <class .([\w.]+).>", r"expected \1", reason).strip("() ")
+    return f"{path}: {reason}" if path else reason
 
 
 class AblationExit(Exception):
@@ -122,7 +140,7 @@ def _build_cli_class():
                     "callbacks": [EpochReseed(), RunResult(), progress],
                     "enable_progress_bar": isinstance(progress, RichProgressBar),
                 },
-                parser_kwargs={"exit_on_error": False},
+                parser_kwargs={"exit_on_error": False, "allow_abbrev": False},
                 args=args,
             )
 
@@ -148,6 +166,13 @@ def _build_cli_class():
                                 help="Print an ablation's trials with size and estimated time; train nothing.")
             parser.add_argument("--slurm", type=dict | None, default=None,
                                 help="SLURM options over the ablation's slurm: section, e.g. '{partition: gpu}'.")
+
+        def _parse_ckpt_path(self) -> None:
+            # LightningCLI reads hyperparameters from --ckpt_path right after parsing: vet the file first.
+            subcommand = self.config.get("subcommand")
+            if subcommand and self.config[subcommand].get("ckpt_path"):
+                check_checkpoint(Path(self.config[subcommand].ckpt_path))
+            super()._parse_ckpt_path()
 
         def before_instantiate_classes(self) -> None:
             cfg = self.config[self.subcommand]
