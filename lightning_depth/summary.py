@@ -27,19 +27,8 @@ from lightning_depth.errors import UsageError
 from lightning_depth.models.registry import FAMILIES, resolve
 
 # Parameter-free layers that keep the shape: a row each would only lengthen the table.
-_QUIET = (
-    nn.ReLU,
-    nn.ReLU6,
-    nn.LeakyReLU,
-    nn.ELU,
-    nn.GELU,
-    nn.SiLU,
-    nn.Tanh,
-    nn.Sigmoid,
-    nn.modules.dropout._DropoutNd,
-    nn.Identity,
-    nn.Flatten,
-)
+_QUIET = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Tanh, nn.Sigmoid, nn.Identity, nn.Flatten,
+          nn.modules.dropout._DropoutNd)
 _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 _COUNTED = (nn.modules.conv._ConvNd, nn.Linear)  # the layers whose multiply-adds the papers count
 
@@ -68,8 +57,10 @@ class ModelSummary:
     module_macs: dict[str, int] = field(default_factory=dict, repr=False)  # per convolution / linear layer
 
     def macs_of(self, prefix: str) -> int:
-        """Multiply-adds of the module named ``prefix`` (e.g. ``"inception3a"``) and everything inside it."""
-        return sum(m for name, m in self.module_macs.items() if name == prefix or name.startswith(prefix + "."))
+        """Multiply-adds of the module named ``prefix`` (e.g. ``"inception3a"``) and everything inside it;
+        ``""`` is the whole model."""
+        inside = (lambda name: True) if not prefix else (lambda name: name == prefix or name.startswith(prefix + "."))
+        return sum(m for name, m in self.module_macs.items() if inside(name))
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -86,7 +77,7 @@ class InputSizeError(ValueError):
     """The model does not run on the requested input (too small, or a fixed-size classifier that does not fit)."""
 
 
-def _macs(module: nn.Module, inputs: tuple, output: torch.Tensor) -> int:
+def _macs(module: nn.Module, output: torch.Tensor) -> int:
     if isinstance(module, nn.modules.conv._ConvNd):
         # Each output element takes (in_channels / groups) * kernel area multiply-adds; bias adds are not counted.
         return output.numel() * (module.in_channels // module.groups) * math.prod(module.kernel_size)
@@ -126,7 +117,7 @@ def _row_modules(model: nn.Module, depth: int | None) -> list[tuple[str, nn.Modu
                 rows.append((qualified, child))
 
     visit("", model, 1)
-    return rows or [(type(model).__name__, model)]
+    return rows or [("", model)]  # a model without children is its own single row
 
 
 def _shape(output: Any) -> list[int] | None:
@@ -146,6 +137,46 @@ def _run(model: nn.Module, x: torch.Tensor, meta: bool) -> None:
         model(x.to(next(chain(model.parameters(), model.buffers()), x).device))
 
 
+def _trace(
+    model: nn.Module, x: torch.Tensor, rows: list[tuple[str, nn.Module]], label: str
+) -> tuple[dict[str, int], dict[str, list[int] | None]]:
+    """Multiply-adds per convolution / linear layer and the output shape of each row, from one forward pass."""
+    names = {m: n for n, m in reversed(list(model.named_modules()))}  # the first name of a shared module wins
+    module_macs: dict[str, int] = {}
+    outputs: dict[str, list[int] | None] = {}
+
+    def count(module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
+        module_macs[names[module]] = module_macs.get(names[module], 0) + _macs(module, output)
+
+    def record(row: str) -> Any:
+        return lambda module, inputs, output: outputs.__setitem__(row, _shape(output))
+
+    handles = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, _COUNTED)]
+    handles += [m.register_forward_hook(record(n)) for n, m in rows]
+    try:
+        # Meta first; a model that makes tensors of its own on a fixed device runs again on real ones, which also
+        # gives the authoritative error.
+        for meta in (True, False):
+            module_macs.clear()
+            outputs.clear()
+            try:
+                with torch.no_grad():
+                    _run(model, x, meta)
+                return module_macs, outputs
+            except Exception as err:  # any meta failure is retried; the real run re-raises what is not a shape error
+                if meta:
+                    continue
+                if not isinstance(err, RuntimeError):
+                    raise
+                first = (str(err).strip() or type(err).__name__).splitlines()[0]
+                _, c, h, w = x.shape
+                raise InputSizeError(f"{label} does not run on a {c}x{h}x{w} input: {first}") from err
+    finally:
+        for handle in handles:
+            handle.remove()
+    raise AssertionError("unreachable")
+
+
 def summarize(
     model: nn.Module,
     input_size: int | tuple[int, int],
@@ -156,7 +187,7 @@ def summarize(
     """Run one image through ``model`` in eval mode and tabulate output shapes, parameters and multiply-adds.
 
     Args:
-        model: any module; it is left in the train/eval mode it came in.
+        model: any module; every submodule is left in the train/eval mode it came in.
         input_size: image side, or (height, width).
         in_channels: image channels.
         depth: module nesting level of the rows (1 = the model's children); None picks the papers' granularity.
@@ -165,62 +196,29 @@ def summarize(
     size = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
     if depth is not None and depth < 1:
         raise ValueError(f"depth={depth} must be at least 1")
-    names = {m: n for n, m in reversed(list(model.named_modules()))}  # the first name of a shared module wins
-    module_macs: dict[str, int] = {}
-    outputs: dict[str, list[int] | None] = {}
+    label = name or type(model).__name__
     rows = _row_modules(model, depth)
-
-    def count(module, inputs, output):
-        key = names[module]
-        module_macs[key] = module_macs.get(key, 0) + _macs(module, inputs, output)
-
-    def record(row_name):
-        return lambda module, inputs, output: outputs.__setitem__(row_name, _shape(output))
-
-    handles = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, _COUNTED)]
-    handles += [m.register_forward_hook(record(n)) for n, m in rows]
-    was_training = model.training
+    modes = {m: m.training for m in model.modules()}
     model.eval()
     try:
-        # Meta first; a model that makes tensors of its own on a fixed device runs again on real ones, which also
-        # gives the authoritative error.
-        for meta in (True, False):
-            module_macs.clear()
-            outputs.clear()
-            try:
-                with torch.no_grad():
-                    _run(model, torch.zeros(1, in_channels, *size), meta)
-                break
-            except Exception as err:  # noqa: BLE001 - the real run below re-raises what is not about the input
-                if meta:
-                    continue
-                if not isinstance(err, RuntimeError):
-                    raise
-                first = (str(err).strip() or type(err).__name__).splitlines()[0]
-                raise InputSizeError(
-                    f"{name or type(model).__name__} does not run on a {in_channels}x{size[0]}x{size[1]} input: {first}"
-                ) from err
+        module_macs, outputs = _trace(model, torch.zeros(1, in_channels, *size), rows, label)
     finally:
-        model.train(was_training)
-        for h in handles:
-            h.remove()
-
-    def macs_under(prefix: str) -> int:
-        return sum(m for n, m in module_macs.items() if n == prefix or n.startswith(prefix + "."))
-
-    layers = [
-        LayerRow(n, type(m).__name__, outputs.get(n), sum(p.numel() for p in m.parameters()), macs_under(n))
-        for n, m in rows
-    ]
-    return ModelSummary(
-        model=name or type(model).__name__,
+        for module, training in modes.items():
+            module.training = training
+    summary = ModelSummary(
+        model=label,
         input_size=size,
         in_channels=in_channels,
         params=sum(p.numel() for p in model.parameters()),
         macs=sum(module_macs.values()),
-        layers=layers,
+        layers=[],
         module_macs=module_macs,
     )
+    summary.layers = [
+        LayerRow(n, type(m).__name__, outputs.get(n), sum(p.numel() for p in m.parameters()), summary.macs_of(n))
+        for n, m in rows
+    ]
+    return summary
 
 
 def smallest_input_size(model: nn.Module, works_at: int, in_channels: int = 3) -> int:
@@ -319,7 +317,7 @@ def _is_tuple(annotation: Any) -> bool:
 def _type_hints(cls: type) -> dict[str, Any]:
     try:
         return typing.get_type_hints(cls.__init__)
-    except Exception:  # noqa: BLE001 - unresolved hints only cost the friendlier messages
+    except Exception:  # unresolvable hints only cost the friendlier messages
         return {}
 
 
@@ -409,7 +407,9 @@ def _build(cls: type[nn.Module], kwargs: dict[str, Any], meta: bool) -> nn.Modul
         raise UsageError(f"{cls.__name__}: {err}") from None
 
 
-def _summarize_or_advise(cls, kwargs, size, depth, name) -> ModelSummary:
+def _summarize_or_advise(
+    cls: type[nn.Module], kwargs: dict[str, Any], size: tuple[int, int], depth: int | None, name: str
+) -> ModelSummary:
     """The summary; for an input the model cannot take, a UsageError naming the smallest square input that runs."""
     paper, in_channels = paper_input_size(cls, kwargs), kwargs.get("in_channels", 3)
     model = _build(cls, kwargs, meta=True)
