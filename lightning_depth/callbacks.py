@@ -26,21 +26,49 @@ def epoch_seed(seed: int, epoch: int, rank: int) -> int:
 
 
 class EpochReseed(Callback):
-    """Reseed Python, NumPy and torch at the start of every training epoch from (seed, epoch, rank).
+    """Reseed Python, NumPy and torch once per training epoch from (seed, epoch, rank), just before its data flows.
 
     Lightning checkpoints do not carry RNG state, so a run resumed at an epoch boundary would otherwise see
-    another shuffle order, other augmentations and other dropout masks than the uninterrupted run. With
-    the generators a pure function of the epoch, a resumed run trains bit for bit like an uninterrupted one.
-    The sampler's permutation and in-process augmentation are drawn after this hook; workers started for a
-    run's first epoch (num_workers > 0) are seeded before it, so their augmentation differs after a resume.
+    another shuffle order, other augmentations and other dropout masks than the uninterrupted run. With the
+    generators a pure function of the epoch, a resumed run trains bit for bit like an uninterrupted one.
+
+    Timing matters: Lightning creates (and prefetches from) the first training iterator of a process before
+    ``on_train_epoch_start``, right after it asks the datamodule for ``train_dataloader()``. So the first epoch of
+    a process is reseeded in that request, later epochs in ``on_train_epoch_start``; either way the reseed comes
+    just before the iterator is created, and only once per epoch.
     """
 
-    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+    def __init__(self) -> None:
+        self._seeded_epoch: int | None = None
+
+    def _reseed(self, trainer: Trainer, epoch: int) -> None:
         seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
-        s = epoch_seed(seed, trainer.current_epoch, trainer.global_rank)
+        s = epoch_seed(seed, epoch, trainer.global_rank)
         random.seed(s)
         np.random.seed(s)
         torch.manual_seed(s)  # also seeds every CUDA device
+        self._seeded_epoch = epoch
+
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._seeded_epoch = None
+        datamodule = trainer.datamodule
+        if datamodule is None or getattr(datamodule.train_dataloader, "reseeds", False):
+            return
+        original = datamodule.train_dataloader
+
+        def train_dataloader() -> Any:
+            # The epoch about to train: after a resume from an epoch-end checkpoint, current_epoch still names
+            # the finished epoch until the loop moves on, while the progress tracker already counts it processed
+            # (the same number Lightning gives samplers' set_epoch).
+            self._reseed(trainer, trainer.fit_loop.epoch_progress.current.processed)
+            return original()
+
+        train_dataloader.reseeds = True  # type: ignore[attr-defined]
+        datamodule.train_dataloader = train_dataloader
+
+    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self._seeded_epoch != trainer.current_epoch:
+            self._reseed(trainer, trainer.current_epoch)
 
 
 def _value(x: Any) -> float | None:

@@ -112,7 +112,7 @@ def _is_rank_zero() -> bool:
 
 def _build_cli_class():
     from lightning.pytorch import LightningDataModule
-    from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
+    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
     from lightning.pytorch.cli import LightningCLI
 
     import lightning_depth.data  # noqa: F401  (short class names in configs: DigitsDataModule)
@@ -183,6 +183,12 @@ def _build_cli_class():
 
                 raise AblationExit(run_ablation(self._parser("fit"), cfg))
             self.run_dir = prepare_run(self._parser(self.subcommand), cfg, self.subcommand)
+
+        def instantiate_trainer(self, **kwargs: Any) -> Any:
+            trainer = super().instantiate_trainer(**kwargs)
+            if trainer.loggers and not any(isinstance(c, LearningRateMonitor) for c in trainer.callbacks):
+                trainer.callbacks.append(LearningRateMonitor())  # it refuses to run without a logger
+            return trainer
 
         def instantiate_classes(self) -> None:
             try:
