@@ -115,14 +115,16 @@ class RunResult(Callback):
             if old is None or (value < old if lower else value > old):
                 self.best[key] = value
 
-    def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+    # The *_end hooks, not *_epoch_end: Lightning folds the epoch's logged values into callback_metrics
+    # between the two.
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not trainer.sanity_checking:
             self._record(trainer.callback_metrics, ("val/",))
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._record(trainer.callback_metrics, ("train/",))
 
-    def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+    def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._record(trainer.callback_metrics, ("test/",))
         self.write(trainer, pl_module)
 

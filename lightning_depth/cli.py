@@ -150,7 +150,7 @@ def _build_cli_class():
             parser.set_defaults({
                 "checkpoint.monitor": "val/acc1",
                 "checkpoint.mode": "max",
-                "checkpoint.save_last": True,
+                "checkpoint.save_last": False,  # last.ckpt has its own callback, saved every epoch
                 "checkpoint.filename": "best-epoch{epoch:03d}",
                 "checkpoint.auto_insert_metric_name": False,
             })
@@ -188,6 +188,11 @@ def _build_cli_class():
             trainer = super().instantiate_trainer(**kwargs)
             if trainer.loggers and not any(isinstance(c, LearningRateMonitor) for c in trainer.callbacks):
                 trainer.callbacks.append(LearningRateMonitor())  # it refuses to run without a logger
+            # ModelCheckpoint(save_last=True) refreshes last.ckpt only when a best checkpoint is saved; resuming
+            # needs the latest epoch, so a second, unmonitored checkpoint overwrites last.ckpt every epoch.
+            trainer.callbacks.append(ModelCheckpoint(dirpath=str(Path(trainer.default_root_dir) / CHECKPOINT_DIR),
+                                                     filename="last", monitor=None, save_top_k=1,
+                                                     enable_version_counter=False))
             return trainer
 
         def instantiate_classes(self) -> None:
