@@ -508,8 +508,8 @@ def test_usr1_requeues_and_resumes_with_the_same_wandb_run_and_metrics(cluster, 
     signalled = job_id(fit_on_slurm(config, tmp_path / "signalled", tmp_path))
     ablation_dir = tmp_path / "signalled" / "usr1"
     trial_dir = next(p.parent for p in ablation_dir.glob("*/config.yaml"))
-    # Signalled once the second epoch's checkpoint exists: mid-training, with a resume point past the first epoch.
-    wait_for_checkpoint(trial_dir / "checkpoints" / "last.ckpt", epoch=1, timeout=400, logs=ablation_dir)
+    # Signalled once the first epoch's checkpoint exists: the rest of training happens after the requeue.
+    wait_for_checkpoint(trial_dir / "checkpoints" / "last.ckpt", epoch=0, timeout=400, logs=ablation_dir)
     cluster.run("scancel", "--signal=USR1", f"{signalled}_0")
     wait_done(cluster, signalled, ablation_dir, timeout=600)
     wait_done(cluster, reference, tmp_path / "reference" / "usr1", timeout=600)
