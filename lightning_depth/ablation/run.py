@@ -94,12 +94,34 @@ def _arm_config(parser: Any, base: Any, arm: Arm) -> Any:
     for key, value in arm.overrides.items():
         arm_cfg[key] = value
     text = parser.dump(arm_cfg, skip_check=True)
-    try:
-        return parser.parse_string(text)
-    except Exception as err:  # jsonargparse reports a bad override as ArgumentError (or a plain error)
-        from lightning_depth.cli import _one_line
+    from lightning_depth.cli import _one_line
 
+    try:
+        parsed = parser.parse_string(text)
+    except Exception as err:  # jsonargparse reports a bad override as ArgumentError (or a plain error)
         raise UsageError(f"arm {arm.name!r} is not a valid configuration: {_one_line(str(err))}") from None
+    _check_net(parsed, arm.name)
+    return parsed
+
+
+def _check_net(cfg: Any, arm_name: str) -> None:
+    """Build the arm's network on the meta device: a toggle the paper does not allow fails now, not mid-sweep."""
+    import importlib
+
+    import torch
+
+    net = cfg.model.get("net")
+    if not hasattr(net, "class_path"):
+        return
+    module, _, name = net.class_path.rpartition(".")
+    kwargs = net.init_args.as_dict() if hasattr(net.init_args, "as_dict") else dict(net.init_args or {})
+    if kwargs.get("num_classes") is None:
+        kwargs["num_classes"] = 10  # linked from the data module at run time; any value checks the toggles
+    try:
+        with torch.device("meta"):
+            getattr(importlib.import_module(module), name)(**kwargs)
+    except (ValueError, TypeError) as err:
+        raise UsageError(f"arm {arm_name!r}: {str(err).splitlines()[0]}") from None
 
 
 def _drop(data: dict[str, Any], dotted: str) -> None:
