@@ -27,8 +27,9 @@ test: setup slurm-packages
 test-fast: setup
 	WANDB_MODE=offline $(PY) -m pytest -q -m "not slow"
 
+# The headline ablation on the embedded digits: post- vs pre-activation ResNet-20, three seeds, then the table.
 quickstart: setup
-	$(PY) -m lightning_depth summary resnet20 --input-size 32 --num-classes 10
+	$(PY) -m lightning_depth fit --config experiments/preact_ablation.yaml
 
 clean:
 	rm -rf $(VENV) runs wandb lightning_logs .pytest_cache

@@ -256,7 +256,10 @@ def prepare_run(parser: Any, cfg: Any, subcommand: str) -> Path:
     root = default_root_dir(cfg)
     cfg.trainer.default_root_dir = str(root)
     _check_writable(root)
-    resolved = _plain(cfg, drop=DRIVER_KEYS)
+    # The same serialisation an ablation uses for its trials' config.yaml, so the two compare equal.
+    resolved = yaml.safe_load(parser.dump(cfg, skip_check=True)) or {}
+    for key in DRIVER_KEYS:
+        resolved.pop(key, None)
     if subcommand == "fit":
         _guard_identity(root, resolved)
     _configure_loggers(cfg, root)
