@@ -422,6 +422,7 @@ def sweep(cluster, tmp_path_factory):
     start = time.monotonic()
     proc = fit_on_slurm(config, root, home)
     job = job_id(proc)
+    print(cluster.run("squeue", "-r", "-j", job).stdout)
     ablation_dir = root / "sweep"
     states = wait_done(cluster, job, ablation_dir, timeout=600)
     print(f"sweep: {len(states)} trials in {time.monotonic() - start:.0f} s\n{proc.stdout}")
