@@ -71,7 +71,9 @@ class WandbLogger(_LightningWandbLogger):
             tags=tags,
             notes=notes,
             config=config,
-            resume="allow",
+            # Lightning's offline switch sets WANDB_MODE=dryrun, which current W&B no longer honours (it then asks
+            # for a login); the explicit mode works with every W&B release.
+            **({"mode": "offline"} if offline else {}),
         )
 
     def sync_hint(self) -> str | None:
