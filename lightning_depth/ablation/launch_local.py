@@ -87,7 +87,7 @@ def launch(trial_dirs: list[Path], parallel: int = 1, metric: str = "val/acc1") 
 def _outcome(trial: Path, code: int, metric: str) -> str:
     state = ledger.read_state(trial)
     if code == 0 and state is not None and state.state == "done":
-        result = ledger._read_json_or_none(trial / ledger.RESULT_FILE) or {}
+        result = ledger.read_result(trial) or {}
         entry = (result.get("metrics") or {}).get(metric) or {}
         best = entry.get("best", entry.get("final"))
         return f"done   {metric} {best:.4f}" if isinstance(best, (int, float)) else "done  "
