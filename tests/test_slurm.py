@@ -27,9 +27,8 @@ from lightning_depth.errors import UsageError
 
 REPO = Path(__file__).resolve().parents[1]
 CPU1 = {"accelerator": "cpu", "devices": 1, "num_nodes": 1}
-# Every character a shell would act on, in one path component.
-NASTY = "it's \"q\" $(touch pwned) `touch pwned2` ; & | $HOME %A \\n"
-NASTY_NO_BACKSLASH = NASTY.replace("\\", "")
+# Every character a shell would act on, and SLURM's own %A, in one path component.
+NASTY = "it's \"q\" $(touch pwned) `touch pwned2` ; & | $HOME %A n"
 
 
 # ---------------------------------------------------------------------------------------------------- options
@@ -171,7 +170,7 @@ def test_setup_lines_run_as_written_before_training(tmp_path):
 
 def test_paths_reach_the_job_unchanged(tmp_path):
     """Paths are quoted for bash and for sbatch; a configuration value never appears in the script at all."""
-    ablation_dir = tmp_path / NASTY_NO_BACKSLASH
+    ablation_dir = tmp_path / NASTY
     python = str(tmp_path / "my python" / "bin" / "python$(x)")
     script = render_script(ablation_dir, [ablation_dir / "t0"], SlurmOptions(python=python), CPU1)
     # Run the script's own assignments in bash: the values must come back byte for byte, and nothing else runs.
@@ -295,7 +294,7 @@ def test_cluster_is_up(cluster):
 @pytest.mark.timeout(180)
 def test_array_job_runs_each_trial_once_with_paths_unchanged(cluster, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    ablation_dir = tmp_path / "runs" / NASTY_NO_BACKSLASH
+    ablation_dir = tmp_path / "runs" / NASTY
     trials = make_trials(ablation_dir, ["a", "b c", "d'e$(f)"])
     python = stand_in_python(tmp_path)
     job = submit(ablation_dir, trials, SlurmOptions(python=python, max_requeues=5), CPU1)
@@ -415,7 +414,7 @@ def wait_done(cluster, job: str, ablation_dir: Path, timeout: float) -> dict[str
 @pytest.fixture(scope="module")
 def sweep(cluster, tmp_path_factory):
     """A two-arm ablation submitted from, and written under, directories full of shell syntax."""
-    home = tmp_path_factory.mktemp("sweep") / NASTY_NO_BACKSLASH
+    home = tmp_path_factory.mktemp("sweep") / NASTY
     home.mkdir()
     config = write_config(home / "ablation.yaml", "sweep", seeds=[0], preact=[False, True])
     root = home / "runs"
