@@ -62,8 +62,9 @@ from torch.utils.data import DataLoader, TensorDataset
 from lightning_depth.errors import UsageError
 
 SECTIONS = ("pipeline", "models", "data", "fastpaths", "memory")
-# Share of --budget each section may spend on rounds; what a section leaves goes to the ones after it.
-SHARES = {"pipeline": 0.3, "models": 0.2, "data": 0.12, "fastpaths": 0.23, "memory": 0.15}
+# Share of --budget (start-up, warm-up and rounds) each section may spend; what a section leaves, or overruns by,
+# goes to or comes from the sections after it. A section always completes one round.
+SHARES = {"pipeline": 0.22, "models": 0.15, "data": 0.10, "fastpaths": 0.33, "memory": 0.20}
 GOALS = {"pipeline": 1.02, "models": 1.02, "data": 0.10}
 
 
@@ -73,14 +74,14 @@ class Config:
 
     quick: bool = False
     rounds: int = 5
-    budget_s: float = 270.0
+    budget_s: float = 250.0
     threads: int = 1
     compile: bool = True
     batch: int = 128  # ResNet-20 CIFAR batch of the pipeline and fast-path sections (He et al. 2015 §4.2)
     window: int = 1  # Lightning steps per timed window, and plain steps after it: short windows pair better
     pipeline_rounds: int = 15
     warmup: int = 2
-    zoo_batch: dict[str, int] = field(default_factory=lambda: {"resnet50": 8, "vgg16": 4, "densenet121": 8})
+    zoo_batch: dict[str, int] = field(default_factory=lambda: {"resnet50": 4, "vgg16": 2, "densenet121": 4})
     zoo_size: int = 64
     folder_size: int = 224
     folder_model_batch: int = 4
@@ -117,6 +118,13 @@ class Row:
     @property
     def met(self) -> bool | None:
         return None if self.goal is None or self.ratio is None else self.ratio <= self.goal
+
+    @property
+    def settled(self) -> bool | None:
+        """Whether every round falls on the same side of the goal as the median (else the noise decides)."""
+        if self.met is None:
+            return None
+        return self.high <= self.goal if self.met else self.low > self.goal
 
 
 # -- timing ------------------------------------------------------------------------------------------------------
@@ -229,7 +237,8 @@ def _lightning_classes() -> dict[str, type]:
 
         in_channels = 3
 
-        def __init__(self, num_classes: int = 10, image_size: int = 32, batch_size: int = 128, batches: int = 16) -> None:
+        def __init__(self, num_classes: int = 10, image_size: int = 32, batch_size: int = 128,
+                     batches: int = 16) -> None:
             super().__init__()
             self.num_classes, self.batch_size = num_classes, batch_size
             generator = torch.Generator().manual_seed(0)
@@ -252,16 +261,15 @@ def _lightning_classes() -> dict[str, type]:
             steps: steps per window.
             warmup: untimed Lightning steps first (the plain loop warms up as many).
             rounds: most windows of each kind.
-            budget_s: no new round starts once this many seconds have passed since the first window.
+            deadline: no new round starts when it would end after this ``time.monotonic()`` value.
         """
 
-        def __init__(self, steps: int = 3, warmup: int = 2, rounds: int = 3, budget_s: float = 60.0) -> None:
-            self.steps, self.warmup, self.rounds, self.budget_s = steps, warmup, rounds, budget_s
+        def __init__(self, steps: int = 3, warmup: int = 2, rounds: int = 3, deadline: float = math.inf) -> None:
+            self.steps, self.warmup, self.rounds, self.deadline = steps, warmup, rounds, deadline
             self.lightning: list[float] = []
             self.plain: list[float] = []
             self.next_step = warmup
             self.started = 0.0
-            self.deadline = math.inf
 
         def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
             self.net = copy.deepcopy(pl_module.net)
@@ -288,7 +296,6 @@ def _lightning_classes() -> dict[str, type]:
             now = time.perf_counter()
             if batch_idx == self.warmup:
                 self._plain(self.warmup)
-                self.deadline = time.monotonic() + self.budget_s
             else:
                 self.lightning.append(now - self.started)
                 self.plain.append(self._plain(self.steps))
@@ -337,7 +344,7 @@ def quiet_fit(root: Path) -> Iterator[None]:
                 os.environ[key] = value
 
 
-def bench_pipeline(cfg: Config, budget_s: float, tmp: Path) -> list[Row]:
+def bench_pipeline(cfg: Config, deadline: float, tmp: Path) -> list[Row]:
     from lightning_depth.cli import DepthCLI
 
     steps_needed = cfg.warmup + cfg.window * cfg.pipeline_rounds + 2
@@ -351,7 +358,7 @@ def bench_pipeline(cfg: Config, budget_s: float, tmp: Path) -> list[Row]:
         "--trainer.default_root_dir", str(tmp / "pipeline"),
         "--trainer.callbacks+=lightning_depth.bench.Interleave",
         "--trainer.callbacks.steps", str(cfg.window), "--trainer.callbacks.warmup", str(cfg.warmup),
-        "--trainer.callbacks.rounds", str(cfg.pipeline_rounds), "--trainer.callbacks.budget_s", str(budget_s),
+        "--trainer.callbacks.rounds", str(cfg.pipeline_rounds), "--trainer.callbacks.deadline", repr(deadline),
     ]
     with quiet_fit(tmp):
         cli = DepthCLI(args)
@@ -373,34 +380,29 @@ ZOO = {
 }
 
 
-def bench_models(cfg: Config, budget_s: float) -> list[Row]:
+def bench_models(cfg: Config, deadline: float) -> list[Row]:
     import torchvision
 
     from lightning_depth.models import build_model
 
-    rows = []
-    deadline = time.monotonic() + budget_s
-    for i, (name, (toggles, tv_name, title)) in enumerate(ZOO.items()):
+    arms, shapes = {}, {}
+    for name, (toggles, tv_name, _) in ZOO.items():
         ours, theirs = build_model(name, **toggles), getattr(torchvision.models, tv_name)()
         ours.load_state_dict(theirs.state_dict())  # strict: the same architecture, and the same weights
         batch = cfg.zoo_batch[name]
-        x = torch.randn(batch, 3, cfg.zoo_size, cfg.zoo_size)
-        y = torch.randint(0, 1000, (batch,))
-
-        def arm(model: nn.Module) -> Callable[[], float]:
-            def run() -> float:
+        x, y = torch.randn(batch, 3, cfg.zoo_size, cfg.zoo_size), torch.randint(0, 1000, (batch,))
+        shapes[name] = batch
+        for side, model in (("ours", ours), ("torchvision", theirs)):
+            def run(model: nn.Module = model, x: torch.Tensor = x, y: torch.Tensor = y) -> float:
                 model.zero_grad(set_to_none=True)
                 return timed(lambda: F.cross_entropy(model(x), y).backward())
-            return run
-
-        arms = {"ours": arm(ours), "torchvision": arm(theirs)}
-        for run in arms.values():
             run()  # warm-up
-        share = (deadline - time.monotonic()) / (len(ZOO) - i)
-        t = interleave(arms, time.monotonic() + share, cfg.rounds)
-        rows.append(paired("models", f"{title} ours / torchvision, fwd+bwd b{batch} {cfg.zoo_size}px",
-                           t["ours"], t["torchvision"], goal=GOALS["models"]))
-    return rows
+            arms[f"{side} {name}"] = run
+    # One round runs every network, so each gets the same number of pairs.
+    t = interleave(arms, deadline, cfg.rounds)
+    return [paired("models", f"{title} ours / torchvision, fwd+bwd b{shapes[name]} {cfg.zoo_size}px",
+                   t[f"ours {name}"], t[f"torchvision {name}"], goal=GOALS["models"])
+            for name, (_, _, title) in ZOO.items()]
 
 
 # -- data --------------------------------------------------------------------------------------------------------
@@ -414,7 +416,7 @@ def _epoch_seconds_per_image(loader: DataLoader) -> float:
     return (time.perf_counter() - start) / count
 
 
-def bench_data(cfg: Config, budget_s: float, tmp: Path) -> list[Row]:
+def bench_data(cfg: Config, deadline: float, tmp: Path) -> list[Row]:
     from lightning_depth.data import CIFAR10DataModule, DigitsDataModule, ImageFolderDataModule
     from lightning_depth.models import build_model
 
@@ -450,7 +452,7 @@ def bench_data(cfg: Config, budget_s: float, tmp: Path) -> list[Row]:
 
     arms = {**{f"load {t}": (lambda ld=ld: _epoch_seconds_per_image(ld)) for t, ld in loaders.items()},
             **{f"step {k}": fn for k, fn in steps.items()}}
-    t = interleave(arms, time.monotonic() + budget_s, cfg.rounds)
+    t = interleave(arms, deadline, cfg.rounds)
     rows = []
     for title, (dm, key) in modules.items():
         load, step = t[f"load {title}"], t[f"step {key}"]
@@ -469,7 +471,8 @@ def bench_data(cfg: Config, budget_s: float, tmp: Path) -> list[Row]:
 
 def _run_probe(function: str, args: dict[str, Any], timeout: float) -> dict[str, Any] | str:
     """Run ``function(args)`` of this module in a fresh Python; its JSON result, or why there is none."""
-    code = f"import json, sys; from lightning_depth.bench import {function}; print(json.dumps({function}(json.loads(sys.argv[1]))))"
+    code = (f"import json, sys; from lightning_depth.bench import {function}; "
+            f"print(json.dumps({function}(json.loads(sys.argv[1]))))")
     try:
         done = subprocess.run([sys.executable, "-c", code, json.dumps(args)], capture_output=True, text=True,
                               timeout=max(timeout, 1.0))
@@ -498,8 +501,9 @@ def compile_probe(args: dict[str, Any]) -> dict[str, Any]:
     return {"first_step_s": first, **t}
 
 
-def bench_fastpaths(cfg: Config, budget_s: float) -> list[Row]:
-    deadline = time.monotonic() + budget_s
+def bench_fastpaths(cfg: Config, deadline: float) -> list[Row]:
+    step = f"ResNet-20 b{cfg.batch} step"
+    rows = [_compile_row(cfg, deadline, step)]  # first: a cold compile needs most of the section's time
     base = resnet20()
     x, y = torch.randn(cfg.batch, 3, 32, 32), torch.randint(0, 10, (cfg.batch,))
     models = {"fp32": base, "channels_last": copy.deepcopy(base).to(memory_format=torch.channels_last),
@@ -510,32 +514,35 @@ def bench_fastpaths(cfg: Config, budget_s: float) -> list[Row]:
         optimizer = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
         arms[name] = (lambda n=net, o=optimizer, xx=inputs[name], a=name == "bf16":
                       timed(lambda: train_step(n, o, xx, y, autocast=a)))
+    for name in ("fp32", "channels_last"):
         arms[name]()  # warm-up
-    # compile gets what is left after these rounds; it needs most of it
-    t = interleave(arms, time.monotonic() + budget_s * (0.4 if cfg.compile else 1.0), cfg.rounds)
-    step = f"ResNet-20 b{cfg.batch} step"
-    rows = [
-        paired("fastpaths", f"channels_last speed-up over fp32, {step}", t["channels_last"], t["fp32"], invert=True),
-        paired("fastpaths", f"bf16 autocast speed-up over fp32, {step}", t["bf16"], t["fp32"], invert=True,
-               note="" if _has_native_bf16() else "this CPU has no native bf16 (AVX512-BF16/AMX): emulated"),
-    ]
-    if not cfg.compile:
-        rows.append(Row("fastpaths", f"torch.compile speed-up over fp32, {step}", None, None, "s", None,
-                        note="skipped (--quick or --no-compile)"))
-        return rows
-    left = deadline - time.monotonic()
-    result = _run_probe("compile_probe", {"threads": cfg.threads, "batch": cfg.batch, "rounds": cfg.rounds,
-                                          "budget_s": max(left * 0.3, 1.0)}, timeout=max(left, 30.0))
-    if isinstance(result, str):
-        rows.append(Row("fastpaths", f"torch.compile speed-up over fp32, {step}", None, None, "s", None,
-                        note=f"compile {result}; a cold inductor cache compiles for minutes on a slow CPU: "
-                             "rerun (kernels are cached) or raise --budget"))
-        return rows
-    row = paired("fastpaths", f"torch.compile speed-up over fp32, {step}", result["compile"], result["fp32"],
-                 invert=True)
-    row.note = f"compile time {result['first_step_s'] - row.a:.1f} s (first step less a compiled step)"
-    rows.append(row)
+    t = interleave({k: arms[k] for k in ("fp32", "channels_last")}, deadline, cfg.rounds)
+    rows.insert(0, paired("fastpaths", f"channels_last speed-up over fp32, {step}", t["channels_last"], t["fp32"],
+                          invert=True))
+    # Emulated bf16 is an order of magnitude slower here, so it gets the time that is left (at least one pair).
+    arms["bf16"]()  # warm-up
+    t = interleave({k: arms[k] for k in ("fp32", "bf16")}, deadline, cfg.rounds)
+    rows.insert(1, paired("fastpaths", f"bf16 autocast speed-up over fp32, {step}", t["bf16"], t["fp32"],
+                          invert=True,
+                          note="" if _has_native_bf16() else "this CPU has no native bf16 (AVX512-BF16/AMX): emulated"))
     return rows
+
+
+def _compile_row(cfg: Config, deadline: float, step: str) -> Row:
+    name = f"torch.compile speed-up over fp32, {step}"
+    if not cfg.compile:
+        return Row("fastpaths", name, None, None, "s", None, note="skipped (--quick or --no-compile)")
+    # Half of the section, the other arms need the rest; a warm inductor cache needs a fraction of that.
+    limit = max((deadline - time.monotonic()) * 0.5, 30.0)
+    result = _run_probe("compile_probe", {"threads": cfg.threads, "batch": cfg.batch, "rounds": cfg.rounds,
+                                          "budget_s": limit * 0.3}, timeout=limit)
+    if isinstance(result, str):
+        return Row("fastpaths", name, None, None, "s", None,
+                   note=f"compile {result}; a cold inductor cache compiles for minutes on a slow CPU: rerun "
+                        "(kernels are cached) or raise --budget")
+    row = paired("fastpaths", name, result["compile"], result["fp32"], invert=True)
+    row.note = f"compile time {result['first_step_s'] - row.a:.1f} s (first step less a compiled step)"
+    return row
 
 
 def _has_native_bf16() -> bool:
@@ -587,10 +594,9 @@ def memory_probe(args: dict[str, Any]) -> dict[str, Any]:
     return {"peak_mib": (peak - before) / 1024, "step_s": statistics.median(times)}
 
 
-def bench_memory(cfg: Config, budget_s: float) -> list[Row]:
-    deadline = time.monotonic() + budget_s
+def bench_memory(cfg: Config, deadline: float) -> list[Row]:
     args = {"threads": cfg.threads, "model": "densenet121", "batch": cfg.memory_batch, "size": cfg.memory_size,
-            "steps": 1 if cfg.quick else 2}
+            "steps": 1}
     results: dict[str, list[dict[str, Any]]] = {"efficient": [], "normal": []}
     failures = []
 
@@ -645,7 +651,8 @@ def format_table(report: dict[str, Any]) -> str:
     m = report["machine"]
     lines = [f"# {m['cpu']}, {m['cores']} cores (load {m['load_avg_1min']:.1f} at start), torch {m['torch']}, "
              f"{m['torch_threads']} intra-op thread(s); {report['elapsed_s']:.0f} s",
-             "# ratio: median over n rounds of A/B measured back to back (speed-ups: B/A); range: min-max"]
+             "# ratio: median over n rounds of A/B measured back to back (speed-ups: B/A); range: min-max; "
+             "met: median within the goal, '?' where the range straddles it"]
     header = ("section", "comparison", "A", "B", "ratio", "range", "n", "goal", "met")
     table = [header]
     for r in report["rows"]:
@@ -654,7 +661,7 @@ def format_table(report: dict[str, Any]) -> str:
         span = "-" if r["low"] is None else (f"{r['low']:.1%}-{r['high']:.1%}" if share
                                               else f"{r['low']:.3f}-{r['high']:.3f}")
         goal = "-" if r["goal"] is None else (f"<= {r['goal']:.0%}" if share else f"<= {r['goal']:.2f}")
-        met = {None: "-", True: "yes", False: "NO"}[r["met"]]
+        met = {None: "-", True: "yes", False: "NO"}[r["met"]] + ("?" if r["settled"] is False else "")
         table.append((r["section"], r["name"], _fmt(r["a"], r["unit"]), _fmt(r["b"], r["unit"]), ratio, span,
                       str(r["n"]), goal, met))
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
@@ -675,22 +682,22 @@ def run(cfg: Config, sections: tuple[str, ...]) -> dict[str, Any]:
             left = cfg.budget_s - (time.monotonic() - start)
             weight = SHARES[name] / sum(SHARES[s] for s in sections[i:])
             budget = max(left * weight, 1.0)
-            print(f"bench: {name} ({budget:.0f} s of rounds) at {time.monotonic() - start:.0f} s", file=sys.stderr,
-                  flush=True)
+            deadline = time.monotonic() + budget
+            print(f"bench: {name} ({budget:.0f} s) at {time.monotonic() - start:.0f} s", file=sys.stderr, flush=True)
             if name == "pipeline":
-                rows += bench_pipeline(cfg, budget, Path(tmp))
+                rows += bench_pipeline(cfg, deadline, Path(tmp))
             elif name == "models":
-                rows += bench_models(cfg, budget)
+                rows += bench_models(cfg, deadline)
             elif name == "data":
-                rows += bench_data(cfg, budget, Path(tmp))
+                rows += bench_data(cfg, deadline, Path(tmp))
             elif name == "fastpaths":
-                rows += bench_fastpaths(cfg, budget)
+                rows += bench_fastpaths(cfg, deadline)
             else:
-                rows += bench_memory(cfg, budget)
+                rows += bench_memory(cfg, deadline)
     settings = asdict(cfg)
     return {"machine": info, "settings": settings, "sections": list(sections),
             "elapsed_s": time.monotonic() - start,
-            "rows": [{**asdict(r), "met": r.met} for r in rows]}
+            "rows": [{**asdict(r), "met": r.met, "settled": r.settled} for r in rows]}
 
 
 # -- command line ------------------------------------------------------------------------------------------------
@@ -708,7 +715,8 @@ def _parser() -> argparse.ArgumentParser:
                    help=f"comma-separated subset of {','.join(SECTIONS)} (default: all)")
     p.add_argument("--format", choices=("table", "json"), default="table")
     p.add_argument("--quick", action="store_true", help="tiny sizes and budget, for tests (under a minute)")
-    p.add_argument("--budget", type=float, default=None, help="seconds of timed rounds in all (default 270; quick 40)")
+    p.add_argument("--budget", type=float, default=None,
+                   help="seconds the whole bench may take, start-up included (default 250; quick 40)")
     p.add_argument("--rounds", type=int, default=None, help="most paired rounds per comparison (default 5; quick 2)")
     p.add_argument("--threads", type=int, default=1,
                    help="intra-op threads (default 1: on a shared machine a spinning thread team is slower and "

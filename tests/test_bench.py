@@ -19,7 +19,7 @@ from lightning_depth.data import CIFAR10DataModule, CIFAR100DataModule, ImageFol
 from lightning_depth.errors import UsageError
 
 ROOT = Path(__file__).resolve().parents[1]
-ROW_KEYS = {"section", "name", "a", "b", "unit", "ratio", "low", "high", "n", "goal", "note", "met"}
+ROW_KEYS = {"section", "name", "a", "b", "unit", "ratio", "low", "high", "n", "goal", "note", "met", "settled"}
 
 
 def test_interleave_alternates_the_order_of_arms_between_rounds():
@@ -43,13 +43,25 @@ def test_paired_reports_the_median_of_per_round_ratios():
     assert speedup.ratio == pytest.approx(2.0) and speedup.met is None
 
 
+def test_a_verdict_is_settled_only_when_every_round_agrees_with_the_median():
+    within = bench.paired("models", "x", [1.0, 1.01], [1.0, 1.0], goal=1.02)
+    straddles = bench.paired("models", "x", [0.9, 1.01, 1.1], [1.0, 1.0, 1.0], goal=1.02)
+    beyond = bench.paired("models", "x", [1.05, 1.1], [1.0, 1.0], goal=1.02)
+    assert (within.met, within.settled) == (True, True)
+    assert (straddles.met, straddles.settled) == (True, False)
+    assert (beyond.met, beyond.settled) == (False, True)
+    text = bench.format_table(report_with([straddles]))
+    assert text.splitlines()[-1].endswith("yes?")
+
+
 def test_paired_without_a_measurable_reference_has_no_ratio():
     row = bench.paired("memory", "x", [0.0], [0.0], unit="MiB")
     assert row.ratio is None and row.n == 0
 
 
 def report_with(rows: list[bench.Row]) -> dict:
-    return {"machine": bench.machine(), "elapsed_s": 1.0, "rows": [{**vars(r), "met": r.met} for r in rows]}
+    return {"machine": bench.machine(), "elapsed_s": 1.0,
+            "rows": [{**vars(r), "met": r.met, "settled": r.settled} for r in rows]}
 
 
 def test_table_has_ratio_range_goal_and_verdict_columns():
@@ -59,7 +71,7 @@ def test_table_has_ratio_range_goal_and_verdict_columns():
     text = bench.format_table(report_with(rows))
     header = next(line for line in text.splitlines() if line.startswith("section"))
     assert header.split() == ["section", "comparison", "A", "B", "ratio", "range", "n", "goal", "met"]
-    assert "1.010" in text and "<= 1.02" in text and "yes" in text  # median of 1.00 and 1.02
+    assert "1.010" in text and "<= 1.02" in text and " yes\n" in text  # median of 1.00 and 1.02, both within
     assert "5.0%" in text and "<= 10%" in text
     assert "compile: skipped" in text
 
