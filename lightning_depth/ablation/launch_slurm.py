@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -20,8 +21,9 @@ def launch(spec: AblationSpec, ablation_dir: Path, todo: list[Any], cfg: Any) ->
         print_report(ablation_dir, spec.metric)
         return 0
     job = submit(ablation_dir, [t.dir for t in todo], options, plain_namespace(cfg.trainer))
+    where = shlex.quote(str(ablation_dir))
     print(f"submitted array job {job}: {len(todo)} trial(s)\n"
-          f"  follow:  squeue -j {job}   or   python -m lightning_depth status {ablation_dir}\n"
-          f"  logs:    {ablation_dir / 'slurm' / 'logs'}/{job}_<task>.out\n"
-          f"  results: python -m lightning_depth compare {ablation_dir}   (works while trials finish)")
+          f"  follow:  squeue -j {job}   or   python -m lightning_depth status {where}\n"
+          f"  logs:    {shlex.quote(str(ablation_dir / 'slurm' / 'logs'))}/{job}_<task>.out\n"
+          f"  results: python -m lightning_depth compare {where}   (works while trials finish)")
     return 0

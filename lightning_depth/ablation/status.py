@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
-import subprocess
 from typing import Any
 
 from lightning_depth.ablation.ledger import STATES, Ablation, Trial, find_ablation, load_ablation
@@ -15,18 +13,11 @@ COLUMNS = ("id", "arm", "seed", "state", "attempts", "queue", "value", "reason")
 
 
 def queue_states(jobs: list[str]) -> dict[str, str | None]:
-    """SLURM state per job (``RUNNING``, ``PENDING``...); None where ``squeue`` is absent, fails or forgot the job."""
-    if not jobs or shutil.which("squeue") is None:
-        return {job: None for job in jobs}
-    states: dict[str, str | None] = {}
-    for job in dict.fromkeys(jobs):
-        try:
-            out = subprocess.run(["squeue", "-h", "-j", job, "-o", "%T"], capture_output=True, text=True, timeout=15)
-            lines = out.stdout.split()
-            states[job] = lines[0] if out.returncode == 0 and lines else None
-        except (OSError, subprocess.SubprocessError):
-            states[job] = None
-    return states
+    """SLURM state per job (``RUNNING``, ``COMPLETED``...); None where ``squeue`` is absent or forgot the job."""
+    from lightning_depth.ablation.slurm import queue_states as squeue_states
+
+    known = squeue_states(list(dict.fromkeys(jobs))) if jobs else {}
+    return {job: known.get(job) for job in jobs}
 
 
 def trial_rows(ablation: Ablation) -> list[dict[str, Any]]:
