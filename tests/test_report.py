@@ -288,7 +288,8 @@ def test_status_asks_squeue_about_slurm_jobs(tmp_path, monkeypatch, capsys):
     ledger.write_state(running.dir, "running", slurm_job="777_2")
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    (bin_dir / "squeue").write_text('#!/bin/sh\n[ "$3" = "777_2" ] && echo RUNNING || exit 1\n')
+    # Answers like squeue -h -r -t all -j JOBS -o "%i %T" (the real one runs in tests/test_slurm.py).
+    (bin_dir / "squeue").write_text('#!/bin/sh\ncase "$*" in *777_2*) echo "777_2 RUNNING";; *) exit 1;; esac\n')
     (bin_dir / "squeue").chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     assert status.main([str(root), "--format", "json"]) == 0
