@@ -11,6 +11,8 @@ Measures
   the compile time).
 * CIFAR ResNet-20 and ResNet-110 (He et al. 2015 §4.2, batch 128) trained by ImageClassifier + Trainer from
   GPUCIFAR10DataModule: the time of a whole epoch (training and validation), the second one, after warm-up.
+* The pipeline against a plain PyTorch loop on the same network, optimizer and GPU-resident batches (ResNet-20,
+  training epoch time; goal ≤ 1.02), where a step takes milliseconds and per-step Python overhead could show.
 * ResNet-164 with and without pre-activation (He et al. 2016): seconds per training step, measured on part of an
   epoch, projected to the ablation: 2 arms × 3 seeds × 164 epochs of 391 steps (64k iterations on 50k images)
   plus a validation pass per epoch, run one after another on this GPU.
@@ -76,7 +78,8 @@ def imagenet_throughput(device: torch.device, batch: int, size: int, steps: int,
 
 
 class EpochClock:
-    """Seconds of each training epoch and each validation pass (device synchronised at both ends)."""
+    """Seconds of each training epoch and each validation pass (device synchronised at both ends). Lightning
+    validates inside the training epoch, so a training epoch's time excludes its validation pass."""
 
     def __init__(self, device: torch.device) -> None:
         from lightning.pytorch import Callback
@@ -87,10 +90,11 @@ class EpochClock:
             def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
                 sync(device)
                 clock.started = time.perf_counter()
+                clock.validating = 0.0
 
             def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
                 sync(device)
-                clock.train.append(time.perf_counter() - clock.started)
+                clock.train.append(time.perf_counter() - clock.started - clock.validating)
                 clock.batches.append(trainer.fit_loop.epoch_loop.batch_progress.current.completed)
 
             def on_validation_epoch_start(self, trainer: Any, pl_module: Any) -> None:
@@ -101,12 +105,13 @@ class EpochClock:
                 sync(device)
                 if not trainer.sanity_checking:
                     clock.val.append(time.perf_counter() - clock.val_started)
+                    clock.validating += clock.val[-1]
 
         self.callback = _Hooks()
         self.train: list[float] = []
         self.val: list[float] = []
         self.batches: list[int] = []
-        self.started = self.val_started = 0.0
+        self.started = self.val_started = self.validating = 0.0
 
 
 def cifar_epochs(root: Path, device: torch.device, depth: int, preact: bool, batch: int, epochs: int,
@@ -134,6 +139,37 @@ def cifar_epochs(root: Path, device: torch.device, depth: int, preact: bool, bat
     return {"depth": depth, "preact": preact, "batch": batch, "train_epoch_s": clock.train[-1],
             "val_s": clock.val[-1] if clock.val else 0.0, "steps": steps, "step_s": clock.train[-1] / steps,
             "epoch_s": clock.train[-1] + (clock.val[-1] if clock.val else 0.0)}
+
+
+def plain_epoch(root: Path, device: torch.device, depth: int, batch: int, precision: str,
+                limit_batches: int | None) -> dict[str, Any]:
+    """The same network, optimizer and GPU-resident batches in a plain PyTorch loop: seconds of the second epoch."""
+    from lightning_depth.data import GPUCIFAR10DataModule
+    from lightning_depth.models import ResNet
+
+    torch.manual_seed(0)
+    net = ResNet(depth=depth, stem="cifar", num_classes=10).to(device)
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    data = GPUCIFAR10DataModule(root=str(root), val_split=0, batch_size=batch, device=str(device))
+    data.setup("fit")
+    autocast = precision.startswith("bf16")
+    times = []
+    for _ in range(2):  # the first epoch warms up the allocator and cuDNN's algorithm choice
+        sync(device)
+        start = time.perf_counter()
+        steps = 0
+        for x, y in data.train_dataloader():
+            optimizer.zero_grad()
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+                loss = F.cross_entropy(net(x), y)
+            loss.backward()
+            optimizer.step()
+            steps += 1
+            if limit_batches is not None and steps == limit_batches:
+                break
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return {"depth": depth, "train_epoch_s": times[-1], "steps": steps}
 
 
 def cifar_root(given: str | None, tmp: Path, smoke: bool) -> tuple[Path, str]:
@@ -167,6 +203,12 @@ def measure(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
             print(f"CIFAR ResNet-{depth} epochs ...", file=sys.stderr, flush=True)
             report[f"resnet{depth}_cifar"] = cifar_epochs(root, device, depth, False,
                                                           limit_train_batches=2 if smoke else 1.0, **epochs_kw)
+        # The pipeline's cost over a plain loop where a step takes milliseconds and Python overhead could show.
+        print("CIFAR ResNet-20 plain loop ...", file=sys.stderr, flush=True)
+        plain = plain_epoch(root, device, 20, epochs_kw["batch"], args.precision, 2 if smoke else None)
+        pipeline = report["resnet20_cifar"]
+        ratio = pipeline["train_epoch_s"] / plain["train_epoch_s"]
+        report["resnet20_plain_loop"] = {**plain, "pipeline_over_plain": ratio, "goal": 1.02}
         arms = {}
         for preact in (False, True):
             print(f"ResNet-164 preact={preact} steps ...", file=sys.stderr, flush=True)
@@ -181,7 +223,8 @@ def measure(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
 
 
 def table(report: dict[str, Any]) -> str:
-    lines = [f"# {report['device']}, torch {report['torch']}{' (smoke: tiny sizes, numbers meaningless)' if report['smoke'] else ''}"]
+    smoke = " (smoke: tiny sizes, numbers meaningless)" if report["smoke"] else ""
+    lines = [f"# {report['device']}, torch {report['torch']}{smoke}"]
     for key in ("resnet50_eager", "resnet50_compiled"):
         if key in report:
             r = report[key]
@@ -193,12 +236,15 @@ def table(report: dict[str, Any]) -> str:
         r = report[key]
         lines.append(f"{key:<22} {r['epoch_s']:10.2f} s/epoch  (train {r['train_epoch_s']:.2f} s over {r['steps']} "
                      f"steps, validation {r['val_s']:.2f} s)")
+    r = report["resnet20_plain_loop"]
+    lines.append(f"resnet20_plain_loop    {r['train_epoch_s']:10.2f} s/epoch  (training only; pipeline / plain = "
+                 f"{r['pipeline_over_plain']:.3f}, goal <= {r['goal']})")
     for arm in ("post", "pre"):
         r = report["resnet164_cifar"][arm]
         lines.append(f"resnet164_{arm:<12} {r['step_s'] * 1000:10.1f} ms/step  (validation pass {r['val_s']:.2f} s)")
     p = report["ablation_projection"]
-    lines.append(f"ablation projection    {p['hours']:10.1f} h  ({p['arms']} arms × {p['seeds']} seeds × {p['epochs']} "
-                 f"epochs × {p['steps_per_epoch']} steps, {p['precision']}, one run at a time)")
+    lines.append(f"ablation projection    {p['hours']:10.1f} h  ({p['arms']} arms × {p['seeds']} seeds × "
+                 f"{p['epochs']} epochs × {p['steps_per_epoch']} steps, {p['precision']}, one run at a time)")
     return "\n".join(lines)
 
 
