@@ -14,9 +14,16 @@ from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 
-def sgd_momentum(params: Any) -> torch.optim.Optimizer:
-    """The optimizer every paper of the zoo used: SGD with momentum 0.9 (learning rate 0.1, no weight decay)."""
-    return torch.optim.SGD(params, lr=0.1, momentum=0.9)
+class MomentumSGD(torch.optim.SGD):
+    """The optimizer every paper of the zoo used: SGD with momentum 0.9 (learning rate 0.1, as for CIFAR ResNets).
+
+    A class rather than a function so that a config that leaves ``model.optimizer`` out still prints and saves as
+    ``class_path``/``init_args``.
+    """
+
+    def __init__(self, params: Any, lr: float = 0.1, momentum: float = 0.9, weight_decay: float = 0.0,
+                 nesterov: bool = False) -> None:
+        super().__init__(params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov)
 
 
 def _num_classes(net: nn.Module) -> int:
@@ -52,7 +59,7 @@ class ImageClassifier(LightningModule):
     def __init__(
         self,
         net: nn.Module,
-        optimizer: OptimizerCallable = sgd_momentum,
+        optimizer: OptimizerCallable = MomentumSGD,
         lr_scheduler: LRSchedulerCallable | None = None,
         lr_scheduler_interval: Literal["epoch", "step"] = "epoch",
         lr_scheduler_monitor: str = "val/loss",

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from conftest import ROOT, cli, cli_in_process
 from wandb_records import offline_runs, read_run
 
@@ -228,3 +229,16 @@ def test_a_directory_holding_another_run_is_never_overwritten(tmp_path, tiny_con
                "--model.net.init_args.depth", "14", check=False)
     _assert_one_line_error(proc, "different model")
     assert (run / "checkpoints" / "last.ckpt").read_bytes() == before
+
+
+def test_a_config_without_an_optimizer_uses_sgd_with_momentum_and_prints(capfd, tmp_path):
+    """ImageClassifier's default optimizer is the papers' SGD with momentum 0.9, and it serialises as a class."""
+    from lightning_depth.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--model.net", "lightning_depth.models.ResNet", "--model.net.init_args.depth", "8",
+              "--data", "lightning_depth.data.DigitsDataModule", "--print_config"])
+    assert exit_info.value.code in (0, None)
+    printed = yaml.safe_load(capfd.readouterr().out)
+    assert printed["model"]["optimizer"]["class_path"] == "lightning_depth.module.MomentumSGD"
+    assert printed["model"]["optimizer"]["init_args"]["momentum"] == 0.9
