@@ -156,7 +156,7 @@ class ImageClassifier(LightningModule):
         else:
             logits = out
             loss = self._loss(logits, y)
-        self.train_acc1(logits.detach(), hard)
+        self.train_acc1.update(logits.detach(), hard)  # update, not forward: no per-step compute
         self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
         self.log("train/acc1", self.train_acc1, on_step=False, on_epoch=True, prog_bar=True)
         self._epoch_samples += x.size(0)
@@ -179,9 +179,9 @@ class ImageClassifier(LightningModule):
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         x, y = batch
         logits = self(x)
-        self.val_loss(F.cross_entropy(logits, y))
-        self.val_acc1(logits, y)
-        self.val_acc5(logits, y)
+        self.val_loss.update(F.cross_entropy(logits, y))
+        self.val_acc1.update(logits, y)
+        self.val_acc5.update(logits, y)
         self.log("val/loss", self.val_loss, on_epoch=True, prog_bar=True)
         self.log("val/acc1", self.val_acc1, on_epoch=True, prog_bar=True)
         self.log("val/acc5", self.val_acc5, on_epoch=True)
@@ -195,9 +195,9 @@ class ImageClassifier(LightningModule):
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         x, y = batch
         logits = self(x)
-        self.test_loss(F.cross_entropy(logits, y))
-        self.test_acc1(logits, y)
-        self.test_acc5(logits, y)
+        self.test_loss.update(F.cross_entropy(logits, y))
+        self.test_acc1.update(logits, y)
+        self.test_acc5.update(logits, y)
         self.log("test/loss", self.test_loss, on_epoch=True)
         self.log("test/acc1", self.test_acc1, on_epoch=True)
         self.log("test/acc5", self.test_acc5, on_epoch=True)
