@@ -88,9 +88,22 @@ def _argv(monkeypatch):
 # -- every file ------------------------------------------------------------------------------------------------------
 
 
-def test_experiment_files_are_found():
-    assert len(CONFIGS) >= 30
-    assert len(ABLATIONS) >= 20
+def _family(path: Path) -> str:
+    return _load(path)["model"]["net"]["class_path"].rsplit(".", 1)[-1]
+
+
+def test_every_family_has_a_paper_recipe_and_a_quick_run_on_the_digits():
+    from lightning_depth.models import FAMILIES
+
+    families = {cls.__name__ for cls in FAMILIES.values()}
+    recipes = [p for p in EXPERIMENTS.glob("*.yaml") if "ablation" not in _load(p)]
+    assert families <= {_family(p) for p in recipes}
+    assert families <= {_family(p) for p in (EXPERIMENTS / "quick").glob("*.yaml")}
+
+
+def test_every_embedded_ablation_has_a_paper_scale_twin():
+    embedded = {p.name for p in EXPERIMENTS.glob("*_ablation.yaml")}
+    assert embedded == {p.name for p in PAPER.glob("*.yaml")} == set(PAPER_RECIPES)
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=_rel)
@@ -124,19 +137,19 @@ def test_ablation_arms_are_valid_and_differ_only_in_their_factors(path, tmp_path
     assert len(spec.seeds) >= 3
     planned = plan(parser, cfg, spec, tmp_path)  # validates every arm with the parser that will train it
 
-    first = {}
+    arms = {}  # arm name -> its first trial (every arm's trials differ only in the seed)
     for trial in planned:
-        flat = {k: v for k, v in _flatten(yaml.safe_load(parser.dump(trial.config, skip_check=True))).items()
-                if not any(k == p or k.startswith(p + ".") for p in PER_TRIAL)}
-        first.setdefault(trial.arm.name, flat)
-    base = next(iter(first.values()))
-    for arm, flat in first.items():
-        changed = {k for k in base.keys() | flat.keys() if base.get(k) != flat.get(k)}
-        assert changed <= set(spec.factors), f"arm {arm} also changes {sorted(changed - set(spec.factors))}"
+        arms.setdefault(trial.arm.name, trial)
+    flat = {name: {k: v for k, v in _flatten(yaml.safe_load(parser.dump(t.config, skip_check=True))).items()
+                   if not any(k == p or k.startswith(p + ".") for p in PER_TRIAL)}
+            for name, t in arms.items()}
+    base = next(iter(flat.values()))
+    for name, config in flat.items():
+        changed = {k for k in base.keys() | config.keys() if base.get(k) != config.get(k)}
+        assert changed <= set(spec.factors), f"arm {name} also changes {sorted(changed - set(spec.factors))}"
 
     # Every arm builds its network (on the meta device: no memory, no initialisation cost).
-    for arm_name in first:
-        trial = next(t for t in planned if t.arm.name == arm_name)
+    for trial in arms.values():
         net = trial.config.model.net
         module, _, name = net.class_path.rpartition(".")
         cls = getattr(__import__(module, fromlist=[name]), name)
