@@ -152,11 +152,6 @@ def _render(value: Any) -> str:
     return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
 
 
-def plain_namespace(ns: Any) -> dict[str, Any]:
-    """A jsonargparse Namespace section as plain data."""
-    return yaml.safe_load(yaml.safe_dump(ns.clone().as_dict())) or {}
-
-
 def plain(parser: Any, cfg: Any) -> dict[str, Any]:
     """The configuration as plain data, exactly as written to a trial's config.yaml."""
     return yaml.safe_load(parser.dump(cfg, skip_check=True)) or {}
