@@ -16,8 +16,9 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_only
 
-RESULT_FILE = "result.json"
-LOWER_IS_BETTER = ("loss",)
+from lightning_depth.atomic import write_json
+from lightning_depth.metrics import RESULT_FILE, metric_mode
+from lightning_depth.models.complexity import profile_model
 
 
 def epoch_seed(seed: int, epoch: int, rank: int) -> int:
@@ -78,7 +79,7 @@ def _value(x: Any) -> float | None:
         x = float(x)
     except (TypeError, ValueError):
         return None
-    return None if math.isnan(x) else x
+    return x if math.isfinite(x) else None
 
 
 class RunResult(Callback):
@@ -110,7 +111,7 @@ class RunResult(Callback):
             if value is None:
                 continue
             self.final[key] = value
-            lower = any(word in key for word in LOWER_IS_BETTER)
+            lower = metric_mode(key) == "min"
             old = self.best.get(key)
             if old is None or (value < old if lower else value > old):
                 self.best[key] = value
@@ -152,20 +153,16 @@ class RunResult(Callback):
             "global_step": trainer.global_step,
             "wandb_run_id": _wandb_run_id(trainer),
         }
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(result, indent=2, sort_keys=True))
-        os.replace(tmp, path)
+        write_json(path, result)
 
     def _macs(self, trainer: Trainer, net: torch.nn.Module) -> int | None:
         size = self.input_size or getattr(trainer.datamodule, "image_size", None)
         if size is None:
             return None
         try:
-            from lightning_depth.summary import summarize
-
             in_channels = getattr(trainer.datamodule, "in_channels", 3)
             was_training = net.training
-            macs = summarize(net, size, in_channels=in_channels).macs
+            macs = profile_model(net, size, in_channels=in_channels).macs
             net.train(was_training)
             return int(macs)
         except Exception:  # a size probe must never fail a finished run

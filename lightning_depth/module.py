@@ -13,6 +13,8 @@ from torch import Tensor, nn
 from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
+from lightning_depth.models import logits_and_aux
+
 
 class MomentumSGD(torch.optim.SGD):
     """The optimizer every paper of the zoo used: SGD with momentum 0.9 (learning rate 0.1, as for CIFAR ResNets).
@@ -127,9 +129,9 @@ class ImageClassifier(LightningModule):
         net = self.ema.module if self.ema is not None and not self.training else self._forward
         if x.dim() == 5:  # ten-crop evaluation: (batch, crops, C, H, W) → average the logits over crops
             b, n = x.shape[:2]
-            out = net(self._prepare(x.flatten(0, 1)))
-            return out.view(b, n, -1).mean(1)
-        return net(self._prepare(x))
+            logits = logits_and_aux(net(self._prepare(x.flatten(0, 1)))).logits
+            return logits.view(b, n, -1).mean(1)
+        return logits_and_aux(net(self._prepare(x))).logits
 
     def _prepare(self, x: Tensor) -> Tensor:
         return x.contiguous(memory_format=torch.channels_last) if self.hparams.channels_last else x
@@ -146,16 +148,12 @@ class ImageClassifier(LightningModule):
         hard = y
         if self.mixup is not None:
             x, y = self.mixup(x, y)
-        out = self._forward(self._prepare(x))
-        if isinstance(out, tuple):  # GoogLeNet in training mode: (logits, (aux1, aux2))
-            logits, aux = out
-            loss = self._loss(logits, y)
+        logits, aux = logits_and_aux(self._forward(self._prepare(x)))
+        loss = self._loss(logits, y)
+        if aux:
             aux_loss = sum(self._loss(a, y) for a in aux)
             loss = loss + self.hparams.aux_loss_weight * aux_loss
             self.log("train/aux_loss", aux_loss, on_step=False, on_epoch=True)
-        else:
-            logits = out
-            loss = self._loss(logits, y)
         self.train_acc1.update(logits.detach(), hard)  # update, not forward: no per-step compute
         self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
         self.log("train/acc1", self.train_acc1, on_step=False, on_epoch=True, prog_bar=True)

@@ -1,40 +1,36 @@
-"""Shared test helpers: every run is real (real training, real offline W&B files) and writes under tmp_path."""
+"""Fixtures every test may use. Every run is real (real training, real offline W&B files) and writes under tmp_path;
+shared code lives in tests/helpers/."""
 
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-CONFIGS = Path(__file__).resolve().parent / "configs"
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from tests.helpers.cli import CONFIGS
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 
 
-def cli(*args: str, cwd: Path | None = None, timeout: float = 600, env: dict | None = None,
-        check: bool = True) -> subprocess.CompletedProcess:
-    """Run ``python -m lightning_depth ARGS`` in a fresh process, as a user would."""
-    full_env = {**os.environ, "WANDB_MODE": "offline", "PYTHONWARNINGS": "ignore", **(env or {})}
-    proc = subprocess.run([sys.executable, "-m", "lightning_depth", *args], cwd=cwd or ROOT, env=full_env,
-                          capture_output=True, text=True, timeout=timeout)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"exit {proc.returncode}\nstdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-5000:]}")
-    return proc
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
 
 
-def cli_in_process(capfd, *args: str) -> subprocess.CompletedProcess:
-    """The CLI's main() in this process (imports paid once): the exit code and stderr the command would give."""
-    from lightning_depth.cli import main
-
-    code = main(list(args))
-    out = capfd.readouterr()
-    return subprocess.CompletedProcess(args, code, out.out, out.err)
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny tensors: on a shared CPU a second intra-op thread only adds synchronisation (and spin-waiting)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import CONFIGS, ROOT, cli, cli_in_process
-from wandb_records import offline_runs, read_run
+from tests.helpers.cli import CONFIGS, ROOT, cli, cli_in_process
+from tests.helpers.wandb_records import offline_runs, read_run
 
 
 def _experiment(tmp_path: Path, ablation: dict, **trainer: object) -> Path:

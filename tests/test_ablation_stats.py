@@ -4,13 +4,13 @@ import math
 
 import pytest
 
+from lightning_depth.metrics import metric_mode
 from lightning_depth.ablation.stats import (
     CI_LABEL,
     bootstrap_interval,
     edf,
-    metric_mode,
     paired_delta,
-    summarize,
+    mean_std,
     t_interval,
 )
 
@@ -18,13 +18,13 @@ T_975_2 = 4.302652729911275  # Student's t, 97.5th percentile, 2 degrees of free
 
 
 def test_summary_is_mean_and_sample_std():
-    s = summarize([1.0, 2.0, 3.0, 4.0])
+    s = mean_std([1.0, 2.0, 3.0, 4.0])
     assert (s.mean, s.n) == (2.5, 4)
     assert s.std == pytest.approx(math.sqrt(5 / 3))  # ddof=1: sum of squares 5 over n - 1 = 3
 
 
 def test_summary_of_one_run_has_undefined_std_and_of_none_undefined_mean():
-    one, none = summarize([0.93]), summarize([])
+    one, none = mean_std([0.93]), mean_std([])
     assert one.mean == 0.93 and one.n == 1 and math.isnan(one.std)
     assert none.n == 0 and math.isnan(none.mean) and math.isnan(none.std)
 

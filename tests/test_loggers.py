@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-from wandb_records import offline_runs, read_run
+from tests.helpers.wandb_records import offline_runs, read_run
 
 # In a fresh interpreter: W&B keeps process-wide settings, which must not leak into (or from) other tests.
 SCRIPT = """

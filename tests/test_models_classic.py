@@ -10,7 +10,7 @@ from torch import nn
 from lightning_depth.models import alexnet, googlenet, vgg
 from lightning_depth.models.alexnet import AlexNet
 from lightning_depth.models.googlenet import INCEPTION_ROWS, GoogLeNet
-from lightning_depth.models.layers import LRN
+from lightning_depth.models.layers import LRN, ClassifierOutput, logits_and_aux
 from lightning_depth.models.vgg import VGG
 
 NUM_CLASSES = 10
@@ -41,8 +41,8 @@ def assert_trains(model: nn.Module, size: int, in_channels: int = 3) -> None:
     """Training-mode forward and backward: logits of the right shape, finite, and a gradient on every parameter."""
     torch.manual_seed(0)
     model.train()
-    out = model(torch.randn(2, in_channels, size, size))
-    outputs = [out[0], *out[1]] if isinstance(out, tuple) else [out]
+    logits, aux = logits_and_aux(model(torch.randn(2, in_channels, size, size)))
+    outputs = [logits, *aux]
     for logits in outputs:
         assert logits.shape == (2, NUM_CLASSES)
         assert torch.isfinite(logits).all()
@@ -91,17 +91,41 @@ def test_in_channels(cls: type[nn.Module]) -> None:
 # --- output contract --------------------------------------------------------------------------------------------
 
 
-def test_googlenet_returns_aux_logits_only_when_training() -> None:
-    model = GoogLeNet(num_classes=NUM_CLASSES)
+@pytest.mark.parametrize("aux_classifiers", [True, False])
+@pytest.mark.parametrize("training", [True, False])
+def test_googlenet_returns_the_same_type_in_every_mode(aux_classifiers: bool, training: bool) -> None:
+    model = GoogLeNet(num_classes=NUM_CLASSES, aux_classifiers=aux_classifiers).train(training)
+    out = model(torch.randn(2, 3, 32, 32))
+    assert type(out) is ClassifierOutput and type(out.aux) is tuple
+    assert out.logits.shape == (2, NUM_CLASSES)
+
+
+def test_googlenet_aux_logits_exist_only_in_training_with_aux_classifiers() -> None:
+    # §5: two auxiliary classifiers during training, discarded at inference.
     x = torch.randn(2, 3, 32, 32)
-    out = model.train()(x)
-    assert type(out) is tuple and len(out) == 2
-    logits, aux = out
-    assert type(aux) is tuple and [a.shape for a in aux] == [(2, NUM_CLASSES), (2, NUM_CLASSES)]
-    assert isinstance(model.eval()(x), torch.Tensor)
+    model = GoogLeNet(num_classes=NUM_CLASSES)
+    assert [a.shape for a in model.train()(x).aux] == [(2, NUM_CLASSES), (2, NUM_CLASSES)]
+    assert model.eval()(x).aux == ()
     no_aux = GoogLeNet(num_classes=NUM_CLASSES, aux_classifiers=False)
-    assert isinstance(no_aux.train()(x), torch.Tensor)
+    assert no_aux.train()(x).aux == ()
     assert no_aux.aux1 is None and no_aux.aux2 is None
+
+
+def test_gradient_reaches_the_aux_heads_in_training() -> None:
+    model = GoogLeNet(num_classes=NUM_CLASSES).train()
+    logits, aux = model(torch.randn(2, 3, 32, 32))
+    sum(a.sum() for a in aux).backward()
+    for head in (model.aux1, model.aux2):
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in head.parameters())
+    assert model.fc.weight.grad is None  # the main classifier sits after both heads
+
+
+def test_any_output_reads_as_logits_and_aux() -> None:
+    logits = torch.randn(2, NUM_CLASSES)
+    plain = logits_and_aux(logits)
+    assert type(plain) is ClassifierOutput and plain.logits is logits and plain.aux == ()
+    with_aux = ClassifierOutput(logits, (logits + 1,))
+    assert logits_and_aux(with_aux) is with_aux
 
 
 def test_googlenet_aux_heads_sit_on_4a_and_4d() -> None:

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from jsonargparse import ArgumentParser
 from torch import nn
 
+from lightning_depth.models.layers import logits_and_aux
 from lightning_depth.models.registry import FAMILIES, PRESETS, build_model, list_models, resolve
 
 NAMES = list_models()
@@ -52,13 +53,6 @@ def small_side(name: str) -> int:
     return 8 if toggles.get("stem") == "cifar" else 32
 
 
-def tensors(output) -> list[torch.Tensor]:
-    """Flatten GoogLeNet's training output ``(logits, (aux1, aux2))`` (or a plain tensor) into its logits."""
-    if isinstance(output, torch.Tensor):
-        return [output]
-    return [t for item in output for t in tensors(item)]
-
-
 @pytest.fixture(autouse=True, scope="module")
 def one_thread():
     # Tensors of a batch of two small images: a second thread only adds synchronisation, and on a shared CPU its
@@ -92,7 +86,9 @@ def test_forward_shape_and_gradient_on_every_parameter(name):
     x = torch.randn(2, in_channels, small_side(name), small_side(name))
 
     model.train()
-    outputs = tensors(model(x))  # includes GoogLeNet's auxiliary logits, so their heads get gradients too
+    trained = model(x)
+    logits, aux = logits_and_aux(trained)
+    outputs = [logits, *aux]  # the auxiliary logits too (GoogLeNet's), so their heads get gradients
     target = torch.randint(num_classes, (2,))
     loss = sum(F.cross_entropy(out, target) for out in outputs)
     assert all(out.shape == (2, num_classes) for out in outputs) and torch.isfinite(loss)
@@ -102,12 +98,14 @@ def test_forward_shape_and_gradient_on_every_parameter(name):
     not_finite = [n for n, p in model.named_parameters() if not torch.isfinite(p.grad).all()]
     assert not not_finite, f"non-finite gradient in {not_finite[:5]}"
 
-    # Eval mode gives plain logits. Only their shape is checked: an untrained network normalises with BatchNorm's
-    # initial running statistics (mean 0, variance 1), under which the residual sum of ResNet-1001/1202 overflows.
+    # Eval mode gives logits and no auxiliary logits, in the same type as in training. Only their shape is checked:
+    # an untrained network normalises with BatchNorm's initial running statistics (mean 0, variance 1), under which
+    # the residual sum of ResNet-1001/1202 overflows.
     model.eval()
     with torch.no_grad():
-        logits = model(x)
-    assert isinstance(logits, torch.Tensor) and logits.shape == (2, num_classes)
+        evaluated = model(x)
+    logits, aux = logits_and_aux(evaluated)
+    assert type(evaluated) is type(trained) and logits.shape == (2, num_classes) and aux == ()
 
 
 DEEPEST = {"resnet1001", "resnet1202", "preact_resnet1001"}

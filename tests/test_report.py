@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from lightning_depth.ablation import ledger, report, status
+from lightning_depth.ablation import ledger, plots, report
+from lightning_depth.ablation.render import render
+from lightning_depth.commands import status
 from lightning_depth.ablation.spec import expand, parse_spec
 from lightning_depth.errors import UsageError
 
@@ -181,17 +183,17 @@ def test_report_statistics_match_the_seeds(done):
 
 
 def test_markdown_shows_mean_std_in_percent_and_marks_the_baseline(done):
-    text = report.render(report.build_report(done), "markdown")
+    text = render(report.build_report(done), "markdown")
     assert "accuracies in %" in text and "paired t, 95%" in text and "higher is better" in text
     assert "| baseline (baseline) | 3 | — |" in text
     assert pct(ACC["preact=true"]) in text
     assert "| val/acc1 (%) ↑ | Δ val/acc1 [95% CI] |" in text and "val/loss ↓" in text and "test/acc1 (%)" in text
     assert "+0.39 [" in text  # preact: mean paired difference 0.39 percentage points
-    assert "272K" in text and "1.73M" in text and "10.2 min" in text
+    assert "0.27M" in text and "1.73M" in text and "40.81M" in text and "10.2 min" in text
 
 
 def test_json_has_exactly_the_documented_shape(done):
-    data = json.loads(report.render(report.build_report(done), "json"))
+    data = json.loads(render(report.build_report(done), "json"))
     assert set(data) == {"ablation", "baseline", "metric", "ci", "arms"}
     assert (data["ablation"], data["baseline"], data["metric"], data["ci"]) == (
         "preact", "baseline", "val/acc1", "paired t, 95%")
@@ -208,11 +210,11 @@ def test_json_has_exactly_the_documented_shape(done):
 
 def test_csv_is_numeric_one_row_per_arm_and_latex_is_a_tabular(done):
     rep = report.build_report(done)
-    rows = list(csv.DictReader(report.render(rep, "csv").splitlines()))
+    rows = list(csv.DictReader(render(rep, "csv").splitlines()))
     assert [r["arm"] for r in rows] == list(ACC)
     assert float(rows[2]["val/acc1_mean"]) == pytest.approx(statistics.mean(ACC["block=bottleneck"]))
     assert rows[0]["val/acc1_delta"] == "" and float(rows[1]["val/acc1_ci95_low"]) > 0
-    tex = report.render(rep, "latex")
+    tex = render(rep, "latex")
     assert tex.splitlines()[3].startswith(r"\begin{tabular}{l") and tex.endswith(r"\end{tabular}")
     assert r"91.80 $\pm$ 0.09" in tex and r"$\Delta$ val/acc1 best [95\% CI]" in tex and r"lr\_" not in tex
 
@@ -224,16 +226,16 @@ def test_partial_results_report_what_has_arrived(tmp_path):
     assert (arms["baseline"].n, arms["preact=true"].n, arms["block=bottleneck"].n) == (2, 2, 0)
     pre = arms["preact=true"].metrics["val/acc1"]
     assert pre.n_paired == 1 and pre.ci95 is None  # done seeds {0, 2} vs baseline {0, 1}: only seed 0 pairs
-    text = report.render(rep, "markdown")
+    text = render(rep, "markdown")
     assert "| preact=true | 2 | 1 failed |" in text and "(1 seed)" in text
     assert "| block=bottleneck | 0 | 3 pending | — |" in text
     assert "4 done, 1 failed" in text
-    empty = json.loads(report.render(rep, "json"))["arms"][2]
+    empty = json.loads(render(rep, "json"))["arms"][2]
     assert empty["n"] == 0 and empty["params"] is None and empty["metrics"]["val/acc1"]["mean"] is None
 
 
 def test_plots_are_written_next_to_the_results(done):
-    paths = report.write_plots(report.build_report(done))
+    paths = plots.write_plots(report.build_report(done))
     names = sorted(p.name for p in paths)
     assert names == ["curves_train_loss.png", "curves_val_acc1.png", "curves_val_loss.png", "edf_val_acc1.png"]
     for p in paths:
@@ -242,27 +244,25 @@ def test_plots_are_written_next_to_the_results(done):
 
 def test_edf_needs_three_done_runs_per_arm(tmp_path):
     rep = report.build_report(make_ablation(tmp_path / "preact", states=PARTIAL))
-    assert report._plot_edf(rep, tmp_path) is None
+    assert plots.edf_plot(rep, tmp_path) is None
 
 
-def test_a_plotting_failure_never_breaks_the_report(done, monkeypatch, capsys):
-    def broken():
-        raise RuntimeError("no display")
-
-    monkeypatch.setattr(report, "_figure", broken)
-    assert report.write_plots(report.build_report(done)) == []
-    assert "plots skipped: RuntimeError: no display" in capsys.readouterr().err
+def test_a_plotting_failure_never_breaks_the_report(done, tmp_path, capsys):
+    not_a_directory = tmp_path / "plots"
+    not_a_directory.write_text("a file where the plots would go")
+    assert plots.write_plots(report.build_report(done), not_a_directory) == []
+    assert "plots skipped: NotADirectoryError" in capsys.readouterr().err
 
 
 def test_unknown_metric_and_format_are_usage_errors(done):
     with pytest.raises(UsageError, match="metric val/acc9 is in no result.json; available: "):
         report.build_report(done, "val/acc9")
     with pytest.raises(UsageError, match="unknown format"):
-        report.render(report.build_report(done), "html")
+        render(report.build_report(done), "html")
 
 
 def test_lower_is_better_metrics_are_compared_as_such(done):
-    text = report.render(report.build_report(done, "val/loss"), "markdown")
+    text = render(report.build_report(done, "val/loss"), "markdown")
     assert "val/loss (lower is better)" in text and "| val/loss ↓ |" in text and "val/loss best ↓" in text
 
 

@@ -1,6 +1,6 @@
 """SLURM submission: options and resources are checked before sbatch; the array job runs every trial on a real cluster.
 
-The cluster tests start munged, slurmctld and slurmd on this machine (tests/slurm_cluster.py) and submit exactly
+The cluster tests start munged, slurmctld and slurmd on this machine (tests/helpers/slurm_cluster.py) and submit exactly
 what users submit. They skip only when that cluster cannot start here, and say why.
 """
 
@@ -18,10 +18,11 @@ import time
 from pathlib import Path
 
 import pytest
-import slurm_cluster
+from tests.helpers import slurm_cluster
 import yaml
 
-from lightning_depth.ablation import slurm, trial
+from lightning_depth.ablation import slurm
+from lightning_depth.commands import trial
 from lightning_depth.ablation.slurm import Resources, SlurmOptions, derive_resources, render_script, submit
 from lightning_depth.errors import UsageError
 
@@ -200,11 +201,13 @@ def test_default_template_ships_with_the_package_and_matches_the_repository_copy
 def test_own_template(tmp_path):
     template = tmp_path / "site.sbatch"
     template.write_text("#!/bin/bash\n{{SBATCH}}\n#SBATCH --reservation=ml\nmapfile -t T < {{TRIALS}}\n"
+                        "export LIGHTNING_DEPTH_MAX_REQUEUES={{MAX_REQUEUES}}\n"
                         "srun {{PYTHON}} -m lightning_depth trial \"${T[$SLURM_ARRAY_TASK_ID]}\"\n")
     script = render_script(tmp_path, [tmp_path / "t"], SlurmOptions(template=template), CPU1)
     assert "--reservation=ml" in script and "{{" not in script
     template.write_text("#!/bin/bash\n{{SBATCH}}\nsrun {{PYTHON}} {{TRIAL}}\n")
-    with pytest.raises(UsageError, match=r"missing placeholder\(s\) \{\{TRIALS\}\}"):
+    with pytest.raises(UsageError, match=r"missing placeholder\(s\) \{\{TRIALS\}\}, \{\{MAX_REQUEUES\}\}; "
+                                         r"start from .*lightning_depth/ablation/templates/ablation.sbatch"):
         render_script(tmp_path, [tmp_path / "t"], SlurmOptions(template=template), CPU1)
     with pytest.raises(UsageError, match="cannot read"):
         render_script(tmp_path, [tmp_path / "t"], SlurmOptions(template=tmp_path / "nope"), CPU1)

@@ -18,10 +18,11 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from lightning_depth.commands.summary import main
 from lightning_depth.errors import UsageError
+from lightning_depth.models.complexity import ModelSummary, paper_input_size, profile_model, smallest_input_size
 from lightning_depth.models.googlenet import INCEPTION_ROWS
 from lightning_depth.models.registry import build_model, resolve
-from lightning_depth.summary import ModelSummary, main, paper_input_size, smallest_input_size, summarize
 
 
 def meta_model(name: str, **toggles) -> torch.nn.Module:
@@ -29,10 +30,10 @@ def meta_model(name: str, **toggles) -> torch.nn.Module:
         return build_model(name, **toggles)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _summary(name: str, toggles: tuple) -> ModelSummary:
     cls, kwargs = resolve(name, **dict(toggles))
-    return summarize(meta_model(name, **dict(toggles)), paper_input_size(cls, kwargs), name=name)
+    return profile_model(meta_model(name, **dict(toggles)), paper_input_size(cls, kwargs), name=name)
 
 
 def summary_of(name: str, **toggles) -> ModelSummary:
@@ -40,7 +41,7 @@ def summary_of(name: str, **toggles) -> ModelSummary:
     return _summary(name, tuple(sorted(toggles.items())))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def params_of(name: str) -> int:
     """What the summary reports as params (see test_params_and_rows_add_up), without running the model."""
     return sum(p.numel() for p in meta_model(name).parameters())
@@ -86,7 +87,7 @@ def test_resnet_torchvision_counts_match_exactly():
         reference = torchvision.models.resnet50()
     ours = summary_of("resnet50", stride_in_3x3=True)
     assert ours.params == sum(p.numel() for p in reference.parameters())
-    assert ours.macs == summarize(reference, 224).macs == 4_089_184_256
+    assert ours.macs == profile_model(reference, 224).macs == 4_089_184_256
 
 
 # torchvision's model card: resnet18 11,689,512 and resnet34 21,797,672 parameters (option B shortcuts).
@@ -267,13 +268,13 @@ def test_params_and_rows_add_up(name):
 def test_to_dict_and_depth():
     model = meta_model("resnet20")
     model.train()
-    summary = summarize(model, 32, depth=2, name="resnet20")
+    summary = profile_model(model, 32, depth=2, name="resnet20")
     assert model.training  # left in the mode it came in
     as_dict = json.loads(json.dumps(summary.to_dict()))
     assert {"model", "input_size", "params", "macs", "layers"} <= set(as_dict)
     assert set(as_dict["layers"][0]) == {"name", "type", "output_shape", "params", "macs"}
     assert "layer1.0" in [row["name"] for row in as_dict["layers"]]  # depth 2 opens the stages into blocks
-    assert [r.name for r in summarize(model, 32, depth=1).layers][:2] == ["conv1", "bn1"]
+    assert [r.name for r in profile_model(model, 32, depth=1).layers][:2] == ["conv1", "bn1"]
 
 
 # ------------------------------------------------------------------------------------------- command line
@@ -281,7 +282,7 @@ def test_to_dict_and_depth():
 def test_cli_table_resnet50(capsys):
     assert main(["resnet50"]) == 0
     out = capsys.readouterr().out
-    totals = re.search(r"params ([\d.]+) M, multiply-adds ([\d.]+) G", out)
+    totals = re.search(r"params ([\d.]+)M, multiply-adds ([\d.]+)G", out)
     assert totals and float(totals.group(2)) == pytest.approx(3.8, rel=0.02)  # He et al. 2015, Table 1
     assert "\x1b[" not in out and "layer4" in out
 
@@ -341,6 +342,6 @@ def test_cli_exit_code_and_stderr():
 def test_formatting_units(capsys):
     main(["resnet20"])
     last = capsys.readouterr().out.strip().splitlines()[-1]
-    # Papers' units: ResNet-20 has 0.27 M parameters (Table 6); its 41 M multiply-adds stay in M.
-    assert re.search(r"params 0\.27 M, multiply-adds 40\.\d\d M", last), last
+    # Papers' units: ResNet-20 has 0.27M parameters (Table 6); its 41M multiply-adds stay in M.
+    assert re.search(r"params 0\.27M, multiply-adds 40\.\d\dM", last), last
     assert math.isclose(summary_of("resnet20").macs / 1e6, 40.55, abs_tol=0.01)

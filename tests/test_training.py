@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import ROOT, cli, cli_in_process
-from wandb_records import offline_runs, read_run
+from tests.helpers.cli import ROOT, cli, cli_in_process
+from tests.helpers.wandb_records import offline_runs, read_run
 
 
 def _result(run_dir: Path) -> dict:
@@ -233,7 +233,7 @@ def test_a_directory_holding_another_run_is_never_overwritten(tmp_path, tiny_con
 
 def test_a_config_without_an_optimizer_uses_sgd_with_momentum_and_prints(capfd, tmp_path):
     """ImageClassifier's default optimizer is the papers' SGD with momentum 0.9, and it serialises as a class."""
-    from lightning_depth.cli import main
+    from lightning_depth.__main__ import main
 
     with pytest.raises(SystemExit) as exit_info:
         main(["fit", "--model.net", "lightning_depth.models.ResNet", "--model.net.init_args.depth", "8",

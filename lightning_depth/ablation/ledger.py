@@ -9,7 +9,8 @@ Layout (``<dir>`` is the ablation directory)::
 
 Each trial's state has its own file, written by one process at a time (the driver before launch, then the trial
 itself), and every write is a temp file in the same directory plus ``os.replace``. So any number of processes on any
-number of nodes sharing a filesystem never see a half-written file and never contend for a lock.
+number of nodes sharing a filesystem never see a half-written file (:mod:`lightning_depth.atomic`) and never
+contend for a lock.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ import math
 import os
 import re
 import socket
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -28,11 +28,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 from lightning_depth.ablation.spec import AblationSpec, Arm, expand
+from lightning_depth.atomic import write_json
 from lightning_depth.errors import UsageError
+from lightning_depth.metrics import RESULT_FILE
 
 State = Literal["pending", "running", "done", "failed"]
 STATES: tuple[str, ...] = ("pending", "running", "done", "failed")
-ABLATION_FILE, TRIAL_FILE, STATE_FILE, RESULT_FILE = "ablation.json", "trial.json", "state.json", "result.json"
+ABLATION_FILE, TRIAL_FILE, STATE_FILE = "ablation.json", "trial.json", "state.json"
 NOT_FOUND = (
     "no ablation found under {}; expected ablation.json written by `fit --config FILE` with an ablation: section"
 )
@@ -96,22 +98,6 @@ class Ablation:
         return list(dict.fromkeys(t.arm for t in self.trials if t.arm is not None))
 
 
-def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
-    """Write JSON so that readers see the old file or the new one, never a partial one."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2, sort_keys=False)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def trial_dir(ablation_dir: str | os.PathLike, trial_id: str) -> Path:
     """Where a trial lives: directly under the ablation directory, named by its id."""
     return Path(ablation_dir) / trial_id
@@ -128,7 +114,7 @@ def write_ablation(ablation_dir: str | os.PathLike, spec: AblationSpec, trial_id
     """Create the ablation directory and write its ``ablation.json``."""
     path = Path(ablation_dir)
     path.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(path / ABLATION_FILE, ablation_manifest(spec, trial_ids))
+    write_json(path / ABLATION_FILE, ablation_manifest(spec, trial_ids))
     return path / ABLATION_FILE
 
 
@@ -136,7 +122,7 @@ def write_trial(directory: str | os.PathLike, trial_id: str, arm: Arm, seed: int
     """Create a trial directory with its ``trial.json``; the state starts pending unless one exists (a relaunch)."""
     path = Path(directory)
     path.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(path / TRIAL_FILE, {"id": trial_id, "arm": arm.name, "seed": seed,
+    write_json(path / TRIAL_FILE, {"id": trial_id, "arm": arm.name, "seed": seed,
                                           "overrides": arm.overrides, "is_baseline": arm.is_baseline})
     if read_state(path) is None:
         write_state(path, "pending")
@@ -172,7 +158,7 @@ def write_state(trial_dir: str | os.PathLike, state: State, reason: str | None =
     record = {"state": state, "reason": reason, "attempts": int(previous.get("attempts", 0)),
               "updated": datetime.now(timezone.utc).isoformat(timespec="seconds"), "host": socket.gethostname(),
               "pid": os.getpid(), "slurm_job": previous.get("slurm_job"), **extra}
-    write_json_atomic(path, record)
+    write_json(path, record)
     fields = TrialState.__dataclass_fields__
     return TrialState(**{k: v for k, v in record.items() if k in fields})
 

@@ -8,12 +8,15 @@ from typing import Any
 
 import torch
 
+from lightning_depth import fmt
+
 PROBE_STEPS = 3
 
 
 def probe_arm(parser: Any, cfg: Any) -> dict[str, Any]:
     """Parameters, multiply-adds and the measured seconds per training step of one arm's configuration."""
-    from lightning_depth.summary import summarize
+    from lightning_depth.models import logits_and_aux
+    from lightning_depth.models.complexity import profile_model
 
     init = parser.instantiate_classes(cfg)
     model, data = init.model, init.data
@@ -21,14 +24,13 @@ def probe_arm(parser: Any, cfg: Any) -> dict[str, Any]:
     loader = data.train_dataloader()
     x, y = next(iter(loader))
     size = x.shape[-1]
-    stats = summarize(model.net, size, in_channels=x.shape[1])
+    stats = profile_model(model.net, size, in_channels=x.shape[1])
     optimizer = model.optimizer_factory(model._param_groups())
     model.train()
     seconds = []
     for step in range(PROBE_STEPS + 1):
         start = time.perf_counter()
-        out = model.net(x)
-        logits = out[0] if isinstance(out, tuple) else out
+        logits = logits_and_aux(model.net(x)).logits
         loss = torch.nn.functional.cross_entropy(logits, y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -61,35 +63,20 @@ def _planned_steps(cfg: Any, per_epoch: int) -> int:
     return by_epochs if max_steps < 0 else min(by_epochs, max_steps)
 
 
-def _human(n: float, units: tuple[str, ...] = ("", "K", "M", "G", "T")) -> str:
-    i = 0
-    while abs(n) >= 1000 and i < len(units) - 1:
-        n, i = n / 1000, i + 1
-    return f"{n:.2f}{units[i]}" if i else f"{n:.0f}"
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    return f"{seconds / 60:.1f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
-
-
 def print_dry_run(parser: Any, planned: list[Any]) -> None:
     """One row per trial: id, arm, seed, overrides, params, multiply-adds, estimated time."""
     probes: dict[str, dict[str, Any]] = {}
     for trial in planned:
         if trial.arm.name not in probes:
             probes[trial.arm.name] = probe_arm(parser, trial.config)
-    header = ["trial", "arm", "seed", "overrides", "params", "mult-adds", "est. time"]
+    header = ["trial", "arm", "seed", "overrides", "params", "multiply-adds", "est. time"]
     rows = []
     for trial in planned:
         p = probes[trial.arm.name]
         overrides = ", ".join(f"{k}={v}" for k, v in trial.arm.overrides.items())
         rows.append([trial.id, trial.arm.name + (" (baseline)" if trial.arm.is_baseline else ""), str(trial.seed),
-                     overrides, _human(p["params"]), _human(p["macs"]), _duration(p["estimate_s"])])
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    for row in [header, ["-" * w for w in widths], *rows]:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+                     overrides, fmt.count(p["params"]), fmt.count(p["macs"]), fmt.duration(p["estimate_s"])])
+    print("\n".join(fmt.table(header, rows)))
     total = sum(probes[t.arm.name]["estimate_s"] for t in planned)
-    print(f"\n{len(planned)} trials, {len(probes)} arms; estimated {_duration(total)} run one at a time "
+    print(f"\n{len(planned)} trials, {len(probes)} arms; estimated {fmt.duration(total)} run one at a time "
           f"(probe: median of {PROBE_STEPS} training steps per arm on this machine). Nothing was trained.")

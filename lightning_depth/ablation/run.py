@@ -3,24 +3,33 @@
 ``fit --config FILE`` with an ``ablation:`` section lands here with the fully parsed base configuration (every
 command-line override already applied). Each trial's configuration is the base plus the arm's dotted overrides
 plus its seed, validated by the same parser that will train it and written to ``<root>/<name>/<id>/config.yaml``
-before anything trains.
+before anything trains. Launchers return; only this driver prints the report.
 """
 
 from __future__ import annotations
 
+import importlib
+import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
-from lightning_depth.ablation import ledger
+from lightning_depth.ablation import launch_local, ledger
+from lightning_depth.ablation.plots import write_plots
+from lightning_depth.ablation.probe import print_dry_run
+from lightning_depth.ablation.render import render
+from lightning_depth.ablation.report import build_report
+from lightning_depth.ablation.slurm import SlurmOptions, submit
 from lightning_depth.ablation.spec import AblationSpec, Arm, parse_spec, short_keys, trial_id, trials
+from lightning_depth.atomic import write_atomic
 from lightning_depth.errors import UsageError
+from lightning_depth.metrics import RESULT_FILE
+from lightning_depth.runs import DRIVER_KEYS, one_line, resolved_config
 
-# Driver options: they choose how to launch, not what a trial trains.
-DRIVER_KEYS = ("config", "ablation", "launcher", "parallel", "retry_failed", "dry_run", "slurm", "ckpt_path")
 # Per-run keys left out of the content hash: where a trial writes is derived from its id, not part of it.
 RUN_SPECIFIC = ("trainer.default_root_dir",)
 
@@ -35,14 +44,12 @@ class PlannedTrial:
 
 
 def run_ablation(parser: Any, cfg: Any) -> int:
-    """Plan, launch and report an ablation; returns 0 when every trial is done."""
+    """Plan, launch and report an ablation; returns 0 when every trial is done (or the sweep was submitted)."""
     spec = parse_spec(cfg.ablation)
     root = Path(cfg.trainer.get("default_root_dir") or "runs")
     ablation_dir = root / spec.name
     planned = plan(parser, cfg, spec, ablation_dir)
     if cfg.get("dry_run"):
-        from lightning_depth.ablation.probe import print_dry_run
-
         print_dry_run(parser, planned)
         return 0
     write_trials(parser, spec, ablation_dir, planned)
@@ -51,23 +58,37 @@ def run_ablation(parser: Any, cfg: Any) -> int:
     print(f"ablation {spec.name}: {len(planned)} trials in {ablation_dir} ({done} done, {len(todo)} to run"
           + (f", {len(skipped_failed)} failed before: pass --retry-failed to rerun them" if skipped_failed else "")
           + ")", file=sys.stderr)
+    if cfg.get("launcher") == "slurm" and todo:
+        trainer = resolved_config(parser, cfg).get("trainer") or {}
+        return submit_to_slurm(spec, ablation_dir, todo, SlurmOptions.from_mapping(
+            {**spec.slurm, **(cfg.get("slurm") or {})}), trainer)
     if cfg.get("launcher") == "slurm":
-        from lightning_depth.ablation.launch_slurm import launch as launch_slurm
-
-        return launch_slurm(spec, ablation_dir, todo, cfg)
-    from lightning_depth.ablation.launch_local import launch
-
-    ok = launch([t.dir for t in todo], parallel=int(cfg.get("parallel") or 1), metric=spec.metric)
+        print("every trial is done; nothing to submit", file=sys.stderr)
+        ok = True
+    else:
+        ok = launch_local.launch([t.dir for t in todo], parallel=int(cfg.get("parallel") or 1), metric=spec.metric)
     print_report(ablation_dir, spec.metric)
     states = [ledger.read_state(t.dir) for t in planned]
     return 0 if ok and all(s is not None and s.state == "done" for s in states) else 1
+
+
+def submit_to_slurm(spec: AblationSpec, ablation_dir: Path, todo: list[PlannedTrial], options: SlurmOptions,
+                    trainer: dict[str, Any]) -> int:
+    """Submit the unfinished trials as one SLURM array job; say how to follow it, and return at once."""
+    job = submit(ablation_dir, [t.dir for t in todo], options, trainer)
+    where = shlex.quote(str(ablation_dir))
+    print(f"submitted array job {job}: {len(todo)} trial(s)\n"
+          f"  follow:  squeue -j {job}   or   python -m lightning_depth status {where}\n"
+          f"  logs:    {shlex.quote(str(ablation_dir / 'slurm' / 'logs'))}/{job}_<task>.out\n"
+          f"  results: python -m lightning_depth compare {where}   (works while trials finish)")
+    return 0
 
 
 def plan(parser: Any, cfg: Any, spec: AblationSpec, ablation_dir: Path) -> list[PlannedTrial]:
     """Every trial's resolved, validated configuration and id; fails before any trial starts."""
     base = cfg.clone()
     for key in DRIVER_KEYS:
-        base.pop(key, None) if hasattr(base, "pop") else None
+        base.pop(key, None)
     for key in spec.factors:
         if key not in base:
             raise UsageError(f"ablation factor {key!r} is not a key of this configuration; factor keys are the "
@@ -79,7 +100,7 @@ def plan(parser: Any, cfg: Any, spec: AblationSpec, ablation_dir: Path) -> list[
             validated[arm.name] = _arm_config(parser, base, arm)
         trial_cfg = validated[arm.name].clone()
         trial_cfg.seed_everything = seed
-        content = plain(parser, trial_cfg)
+        content = resolved_config(parser, trial_cfg)
         for key in RUN_SPECIFIC:
             _drop(content, key)
         tid = trial_id(arm, seed, content)
@@ -94,22 +115,16 @@ def _arm_config(parser: Any, base: Any, arm: Arm) -> Any:
     for key, value in arm.overrides.items():
         arm_cfg[key] = value
     text = parser.dump(arm_cfg, skip_check=True)
-    from lightning_depth.cli import _one_line
-
     try:
         parsed = parser.parse_string(text)
     except Exception as err:  # jsonargparse reports a bad override as ArgumentError (or a plain error)
-        raise UsageError(f"arm {arm.name!r} is not a valid configuration: {_one_line(str(err))}") from None
+        raise UsageError(f"arm {arm.name!r} is not a valid configuration: {one_line(str(err))}") from None
     _check_net(parsed, arm.name)
     return parsed
 
 
 def _check_net(cfg: Any, arm_name: str) -> None:
     """Build the arm's network on the meta device: a toggle the paper does not allow fails now, not mid-sweep."""
-    import importlib
-
-    import torch
-
     net = cfg.model.get("net")
     if not hasattr(net, "class_path"):
         return
@@ -152,11 +167,6 @@ def _render(value: Any) -> str:
     return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
 
 
-def plain(parser: Any, cfg: Any) -> dict[str, Any]:
-    """The configuration as plain data, exactly as written to a trial's config.yaml."""
-    return yaml.safe_load(parser.dump(cfg, skip_check=True)) or {}
-
-
 def write_trials(parser: Any, spec: AblationSpec, ablation_dir: Path, planned: list[PlannedTrial]) -> None:
     """Write every trial's config.yaml, trial.json and pending state before anything trains."""
     ablation_dir.mkdir(parents=True, exist_ok=True)
@@ -165,9 +175,7 @@ def write_trials(parser: Any, spec: AblationSpec, ablation_dir: Path, planned: l
         config = trial.dir / "config.yaml"
         text = parser.dump(trial.config, skip_check=True)
         if not config.exists() or config.read_text() != text:
-            tmp = config.with_suffix(".yaml.tmp")
-            tmp.write_text(text)
-            tmp.replace(config)
+            write_atomic(config, text)
         ledger.write_trial(trial.dir, trial.id, trial.arm, trial.seed)
     ledger.write_ablation(ablation_dir, spec, [t.id for t in planned])
 
@@ -178,7 +186,7 @@ def select(planned: list[PlannedTrial], retry_failed: bool) -> tuple[list[Planne
     for trial in planned:
         state = ledger.read_state(trial.dir)
         status = state.state if state else "pending"
-        if status == "done" and (trial.dir / ledger.RESULT_FILE).is_file():
+        if status == "done" and (trial.dir / RESULT_FILE).is_file():
             continue
         if status == "failed" and not retry_failed:
             failed.append(trial)
@@ -188,13 +196,7 @@ def select(planned: list[PlannedTrial], retry_failed: bool) -> tuple[list[Planne
 
 
 def print_report(ablation_dir: Path, metric: str) -> None:
-    from lightning_depth.ablation.report import build_report, render, write_plots
-
+    """The comparison table on stdout; plots beside the results (a plot that fails is reported, never fatal)."""
     report = build_report(ablation_dir, metric)
-    try:
-        write_plots(report, ablation_dir)
-    except Exception as err:  # noqa: BLE001 - plots are a convenience; the table is the result
-        print(f"plots skipped: {err}", file=sys.stderr)
+    write_plots(report, ablation_dir)
     print(render(report, "markdown"))
-
-

@@ -25,6 +25,8 @@ import yaml
 from lightning_depth.errors import UsageError
 
 PLACEHOLDERS = ("SBATCH", "SETUP", "TRIALS", "PYTHON", "MAX_REQUEUES")
+# Without MAX_REQUEUES a trial that is preempted on every attempt would requeue itself for ever.
+REQUIRED_PLACEHOLDERS = ("SBATCH", "TRIALS", "PYTHON", "MAX_REQUEUES")
 # Job states in which a task still holds, or will again hold, a trial directory.
 ACTIVE_STATES = frozenset({"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED", "REQUEUE_FED",
                            "REQUEUE_HOLD", "RESIZING", "SUSPENDED", "SIGNALING", "STAGE_OUT", "STOPPED"})
@@ -279,10 +281,10 @@ def _template_text(template: Path | None) -> str:
             text = Path(template).read_text()
         except OSError as err:
             raise UsageError(f"slurm.template: cannot read {template}: {err.strerror}") from None
-    missing = [key for key in ("SBATCH", "TRIALS", "PYTHON") if "{{" + key + "}}" not in text]
+    missing = [key for key in REQUIRED_PLACEHOLDERS if "{{" + key + "}}" not in text]
     if missing:
         raise UsageError(f"slurm.template {template}: missing placeholder(s) "
-                         f"{', '.join('{{' + k + '}}' for k in missing)}; start from slurm/ablation.sbatch")
+                         f"{', '.join('{{' + k + '}}' for k in missing)}; start from {default_template()}")
     unknown = sorted(set(re.findall(r"\{\{(\w+)\}\}", text)) - set(PLACEHOLDERS))
     if unknown:
         raise UsageError(f"slurm.template {template}: unknown placeholder(s) {', '.join(unknown)}; "

@@ -9,12 +9,10 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 
 CI_LABEL = "paired t, 95%"
-_LOWER_IS_BETTER = ("loss", "err", "error", "nll", "perplexity")
 
 
 @dataclass(frozen=True)
@@ -36,13 +34,7 @@ class PairedDelta:
     seeds: tuple[int, ...]
 
 
-def metric_mode(metric: str) -> Literal["max", "min"]:
-    """``min`` for losses and errors (``val/loss``), ``max`` for everything else (``val/acc1``, ``val/acc1_best``)."""
-    leaf = metric.rsplit("/", 1)[-1].lower()
-    return "min" if any(word in leaf for word in _LOWER_IS_BETTER) else "max"
-
-
-def summarize(values: Iterable[float]) -> Summary:
+def mean_std(values: Iterable[float]) -> Summary:
     """Mean ± sample std; NaN mean for no values, NaN std for one (0.0 would claim a precision one run cannot show)."""
     x = np.asarray(list(values), dtype=float)
     if x.size == 0:

@@ -10,13 +10,13 @@ import torch
 import torchvision
 from torch.utils.data import DataLoader
 
-from lightning_depth.data._base import LoaderDataModule, TensorImages, stratified_split
+from lightning_depth.data.base import LoaderDataModule, TensorImages, stratified_split
 from lightning_depth.errors import UsageError
 
 TRAIN_IMAGES = 50_000
 
 
-class _CIFAR(LoaderDataModule):
+class CIFARDataModule(LoaderDataModule):
     """Reads the python-pickle release of CIFAR (the files torchvision downloads) and serves augmented batches."""
 
     title: str
@@ -141,7 +141,7 @@ def _read_batch(path: Path, label_key: str) -> tuple[np.ndarray, np.ndarray]:
     return data.reshape(-1, 3, 32, 32), labels
 
 
-class CIFAR10DataModule(_CIFAR):
+class CIFAR10DataModule(CIFARDataModule):
     """CIFAR-10: 50,000 training and 10,000 test 32×32 colour images in 10 classes.
 
     Args:
@@ -184,7 +184,7 @@ class CIFAR10DataModule(_CIFAR):
         super().__init__(root, download, val_split, augment, batch_size, num_workers, pin_memory, persistent_workers)
 
 
-class CIFAR100DataModule(_CIFAR):
+class CIFAR100DataModule(CIFARDataModule):
     """CIFAR-100: 50,000 training and 10,000 test 32×32 colour images in 100 fine classes.
 
     Args:

@@ -8,7 +8,7 @@ from sklearn.datasets import load_digits
 from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
-from lightning_depth.data._base import LoaderDataModule, TensorImages, stratified_split
+from lightning_depth.data.base import LoaderDataModule, TensorImages, stratified_split
 
 
 class DigitsDataModule(LoaderDataModule):

@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from lightning.pytorch import LightningDataModule
 from torch import Tensor
 
-from lightning_depth.data._base import TensorImages
-from lightning_depth.data.cifar import CIFAR10DataModule, CIFAR100DataModule, _CIFAR
+from lightning_depth.data.base import TensorImages
+from lightning_depth.data.cifar import CIFAR10DataModule, CIFAR100DataModule, CIFARDataModule
 from lightning_depth.errors import UsageError
 
 
@@ -129,7 +129,7 @@ class DeviceBatches:
 class _GPUCIFAR(LightningDataModule):
     """The CIFAR module of `cifar.py` read once, then served from the device by ``DeviceBatches``."""
 
-    source: type[_CIFAR]
+    source: type[CIFARDataModule]
     num_classes: int
     in_channels = 3
 

@@ -12,7 +12,7 @@ from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import find_classes
 from torchvision.transforms import v2
 
-from lightning_depth.data._base import LoaderDataModule
+from lightning_depth.data.base import LoaderDataModule
 from lightning_depth.errors import UsageError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from lightning_depth.models.layers import check_choice, check_positive_int, check_probability
+from lightning_depth.models.layers import check_choice, check_positive_int, check_probability, init_kaiming_
 
 Stem = Literal["imagenet", "cifar"]
 BOTTLENECK_WIDTH = 4  # §3 "Bottleneck layers": the 1×1 convolution produces 4k feature maps
@@ -169,7 +169,7 @@ class DenseNet(nn.Module):
         # torchvision's name for the final BN, kept for every block count so that its weights load unchanged.
         self.features.add_module("norm5", nn.BatchNorm2d(channels))
         self.classifier = nn.Linear(channels, num_classes)
-        self._init_weights()
+        init_kaiming_(self)
 
     def _stem(self, in_channels: int) -> OrderedDict[str, nn.Module]:
         k = self.growth_rate
@@ -183,18 +183,6 @@ class DenseNet(nn.Module):
         # The paper doubles the growth rate only for DenseNet-BC (bottleneck and compression together).
         width = 2 * k if self.bottleneck and self.compression < 1 else 16
         return OrderedDict(conv0=nn.Conv2d(in_channels, width, 3, padding=1, bias=False))
-
-    def _init_weights(self) -> None:
-        if next(self.parameters()).is_meta:
-            return  # built on the meta device to inspect shapes: there are no values to draw
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.zeros_(m.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.relu(self.features(x))

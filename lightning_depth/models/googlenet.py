@@ -8,7 +8,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lightning_depth.models.layers import LRN, check_choice, check_positive_int, check_probability, init_xavier_
+from lightning_depth.models.layers import (
+    LRN,
+    ClassifierOutput,
+    check_choice,
+    check_positive_int,
+    check_probability,
+    init_xavier_,
+)
 
 INCEPTIONS = ("reduced", "naive")
 
@@ -116,9 +123,9 @@ class AuxClassifier(nn.Module):
 class GoogLeNet(nn.Module):
     """GoogLeNet: a 22-layer stack of inception modules with two auxiliary classifiers (Szegedy et al. 2015, Table 1).
 
-    Output: in training mode with ``aux_classifiers=True`` the forward pass returns a plain tuple
-    ``(logits, (aux1_logits, aux2_logits))``; otherwise (eval mode, or no auxiliary classifiers) a logits tensor.
-    §5 adds the auxiliary losses with weight 0.3 during training and discards the heads at inference.
+    Output: a ``ClassifierOutput(logits, aux)`` in every mode. ``aux`` is ``(aux1_logits, aux2_logits)`` in training
+    mode with ``aux_classifiers=True`` and empty otherwise: §5 adds the auxiliary losses with weight 0.3 during
+    training and discards the heads at inference.
 
     Initialisation: the paper does not state one; we use Glorot & Bengio (2010) uniform weights, biases zero.
 
@@ -186,19 +193,20 @@ class GoogLeNet(nn.Module):
             setattr(self, f"inception{name}", module)
             channels = module.out_channels
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    def forward(self, x: torch.Tensor) -> ClassifierOutput:
+        aux: list[torch.Tensor] = []
         x = self.maxpool2(self.lrn2(self.conv3(self.conv2(self.lrn1(self.maxpool1(self.conv1(x)))))))
         x = self.maxpool3(self.inception3b(self.inception3a(x)))
         x = self.inception4a(x)
-        aux1 = self.aux1(x) if self.aux1 is not None and self.training else None
+        if self.aux1 is not None and self.training:
+            aux.append(self.aux1(x))
         x = self.inception4d(self.inception4c(self.inception4b(x)))
-        aux2 = self.aux2(x) if self.aux2 is not None and self.training else None
+        if self.aux2 is not None and self.training:
+            aux.append(self.aux2(x))
         x = self.maxpool4(self.inception4e(x))
         x = self.inception5b(self.inception5a(x))
         logits = self.fc(self.dropout(torch.flatten(self.avgpool(x), 1)))
-        if aux1 is not None and aux2 is not None:
-            return logits, (aux1, aux2)
-        return logits
+        return ClassifierOutput(logits, tuple(aux))
 
 
 # Table 1's inception rows: #1×1, #3×3 reduce, #3×3, #5×5 reduce, #5×5, pool proj.

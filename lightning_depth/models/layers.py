@@ -1,11 +1,28 @@
-"""Small pieces shared by the families: the papers' local response normalisation, argument checks, initialisations."""
+"""Small pieces shared by the families: the output contract, the papers' local response normalisation, argument
+checks, initialisations."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
-from torch import nn
+from torch import Tensor, nn
+
+
+class ClassifierOutput(NamedTuple):
+    """What a network with side classifiers returns in every mode: the logits and the side heads' logits.
+
+    ``aux`` holds one tensor per auxiliary classifier while training and is empty in eval mode or when the network
+    has none (GoogLeNet §5 discards the heads at inference).
+    """
+
+    logits: Tensor
+    aux: tuple[Tensor, ...] = ()
+
+
+def logits_and_aux(output: Tensor | ClassifierOutput) -> ClassifierOutput:
+    """Any network's output as (logits, auxiliary logits): a plain logits tensor has no auxiliary logits."""
+    return ClassifierOutput(output) if isinstance(output, Tensor) else output
 
 
 class LRN(nn.LocalResponseNorm):
@@ -64,3 +81,21 @@ def init_xavier_(module: nn.Module) -> None:
             nn.init.xavier_uniform_(m.weight)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
+
+
+def init_kaiming_(module: nn.Module) -> None:
+    """He et al. (2015b) normal weights (fan_out, ReLU gain) for every convolution, BatchNorm weight 1 and bias 0, and
+    zero linear biases (linear weights keep PyTorch's default), as the authors' Torch code does.
+
+    A module built on the meta device is left as it is: there are no values to draw.
+    """
+    if any(p.is_meta for p in module.parameters()):
+        return
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear):
+            nn.init.zeros_(m.bias)

@@ -9,25 +9,20 @@ from torch import nn
 
 from lightning_depth.models import alexnet, densenet, googlenet, resnet, vgg
 
-FAMILIES: dict[str, type[nn.Module]] = {
-    "alexnet": alexnet.AlexNet,
-    "vgg": vgg.VGG,
-    "googlenet": googlenet.GoogLeNet,
-    "resnet": resnet.ResNet,
-    "densenet": densenet.DenseNet,
-}
+# family name -> (class, presets). Each family module owns its presets next to its depth tables.
+_FAMILY_TABLE: tuple[tuple[str, type[nn.Module], dict[str, dict[str, Any]]], ...] = (
+    ("alexnet", alexnet.AlexNet, alexnet.PRESETS),
+    ("vgg", vgg.VGG, vgg.PRESETS),
+    ("googlenet", googlenet.GoogLeNet, googlenet.PRESETS),
+    ("resnet", resnet.ResNet, resnet.PRESETS),
+    ("densenet", densenet.DenseNet, densenet.PRESETS),
+)
 
-# preset name -> (family, toggles). Each family module owns its presets next to its depth tables.
+FAMILIES: dict[str, type[nn.Module]] = {family: cls for family, cls, _ in _FAMILY_TABLE}
+
+# preset name -> (family, toggles)
 PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
-    name: (family, dict(toggles))
-    for family, module in (
-        ("alexnet", alexnet),
-        ("vgg", vgg),
-        ("googlenet", googlenet),
-        ("resnet", resnet),
-        ("densenet", densenet),
-    )
-    for name, toggles in module.PRESETS.items()
+    name: (family, dict(toggles)) for family, _, presets in _FAMILY_TABLE for name, toggles in presets.items()
 }
 
 

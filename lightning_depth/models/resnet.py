@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lightning_depth.models.layers import check_choice, check_positive_int
+from lightning_depth.models.layers import check_choice, check_positive_int, init_kaiming_
 
 Block = Literal["basic", "bottleneck"]
 Shortcut = Literal["A", "B", "C"]
@@ -236,7 +236,7 @@ class ResNet(nn.Module):
         self.final_bn = nn.BatchNorm2d(in_width) if preact else None
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(in_width, num_classes)
-        self._init_weights()
+        init_kaiming_(self)
 
     def _make_stage(self, index: int, units: int, in_width: int, base: int, stride: int) -> tuple[nn.Sequential, int]:
         unit_cls = BLOCKS[self.block]
@@ -258,18 +258,6 @@ class ResNet(nn.Module):
             )
             in_width = out_width
         return nn.Sequential(*layers), out_width
-
-    def _init_weights(self) -> None:
-        if next(self.parameters()).is_meta:
-            return  # built on the meta device to inspect shapes: there are no values to draw
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.zeros_(m.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))

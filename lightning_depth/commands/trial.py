@@ -15,18 +15,13 @@ import traceback
 from pathlib import Path
 
 from lightning_depth.ablation import ledger
+from lightning_depth.cli import run_cli
 from lightning_depth.errors import UsageError
+from lightning_depth.metrics import RESULT_FILE
+from lightning_depth.runs import is_rank_zero
 
 LOCK_FILE = ".lock"
 MAX_REQUEUES_ENV = "LIGHTNING_DEPTH_MAX_REQUEUES"
-
-
-def _rank_zero() -> bool:
-    # DDP workers (Lightning's subprocess launcher, or srun tasks) run this command too; only rank 0 keeps the ledger.
-    for var in ("RANK", "LOCAL_RANK", "SLURM_PROCID"):
-        if os.environ.get(var, "0") != "0":
-            return False
-    return True
 
 
 def main(argv: list[str]) -> int:
@@ -37,9 +32,8 @@ def main(argv: list[str]) -> int:
     if not config.is_file():
         raise UsageError(f"{trial_dir} is not a trial directory (no config.yaml); trials are written by "
                          "`fit --config FILE` with an ablation: section")
-    if not _rank_zero():
-        from lightning_depth.cli import run_cli
-
+    # DDP workers (Lightning's subprocess launcher, or srun tasks) run this command too; only rank 0 keeps the ledger.
+    if not is_rank_zero():
         return run_cli(["fit", "--config", str(config)])
     with open(trial_dir / LOCK_FILE, "w") as lock:
         try:
@@ -52,7 +46,7 @@ def main(argv: list[str]) -> int:
 
 def _run_locked(trial_dir: Path, config: Path) -> int:
     state = ledger.read_state(trial_dir)
-    if state is not None and state.state == "done" and (trial_dir / ledger.RESULT_FILE).is_file():
+    if state is not None and state.state == "done" and (trial_dir / RESULT_FILE).is_file():
         print(f"trial {trial_dir.name} is done; nothing to train", file=sys.stderr)
         return 0
     restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
@@ -60,10 +54,8 @@ def _run_locked(trial_dir: Path, config: Path) -> int:
     if 0 <= limit < restarts:
         ledger.mark_failed(trial_dir, f"requeued {restarts} times, more than the limit of {limit}")
         return 1
-    (trial_dir / ledger.RESULT_FILE).unlink(missing_ok=True)  # a result is written only by a completed fit
+    (trial_dir / RESULT_FILE).unlink(missing_ok=True)  # a result is written only by a completed fit
     ledger.mark_running(trial_dir)
-    from lightning_depth.cli import run_cli
-
     try:
         code = run_cli(["fit", "--config", str(config)])
     except UsageError as err:
@@ -77,7 +69,7 @@ def _run_locked(trial_dir: Path, config: Path) -> int:
         ledger.mark_failed(trial_dir, f"{type(err).__name__}: {message}"[:300])
         traceback.print_exc()
         return 1
-    if code == 0 and (trial_dir / ledger.RESULT_FILE).is_file():
+    if code == 0 and (trial_dir / RESULT_FILE).is_file():
         ledger.mark_done(trial_dir)
         return 0
     ledger.mark_failed(trial_dir, f"fit exited with code {code}")

@@ -1,0 +1,1 @@
+"""The commands that are not a Trainer method: summary, compare, status, trial."""
