@@ -1,40 +1,33 @@
-"""One GPU, about five minutes: training throughput, CIFAR epoch times with the GPU-resident loader, and the
-projected wall time of the paper-scale pre-activation ablation.
-
-    python benchmarks/gpu_check.py                            # on a machine with a CUDA GPU
-    python benchmarks/gpu_check.py --cifar-root data/cifar10  # real CIFAR-10 (else synthetic files, same format)
-    python benchmarks/gpu_check.py --smoke                    # tiny sizes on the CPU: checks this script runs
-
-Measures
-* ResNet-50 at 224×224 (torchvision's configuration: stride in the 3×3, projection shortcuts), bf16 autocast,
-  channels_last, SGD steps on synthetic images already on the GPU: images/s eager and under torch.compile (with
-  the compile time).
-* CIFAR ResNet-20 and ResNet-110 (He et al. 2015 §4.2, batch 128) trained by ImageClassifier + Trainer from
-  GPUCIFAR10DataModule: the time of a whole epoch (training and validation), the second one, after warm-up.
-* The pipeline against a plain PyTorch loop on the same network, optimizer and GPU-resident batches (ResNet-20,
-  training epoch time; goal ≤ 1.02), where a step takes milliseconds and per-step Python overhead could show.
-* ResNet-164 with and without pre-activation (He et al. 2016): seconds per training step, measured on part of an
-  epoch, projected to the ablation: 2 arms × 3 seeds × 164 epochs of 391 steps (64k iterations on 50k images)
-  plus a validation pass per epoch, run one after another on this GPU.
-
-Prints a table, then the same numbers as one line of JSON (also written to --json PATH). Without a GPU (and
-without --smoke) it says so and exits with status 0; nothing is downloaded.
+"""One GPU, a few minutes: training throughput, CIFAR epoch times with the GPU-resident loader, the pipeline against
+a plain loop, and the projected wall time of the paper-scale pre-activation ablation. What it measures and how to
+run it: benchmarks/README.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import platform
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import lightning
 import torch
-import torch.nn.functional as F
+from lightning.pytorch import Callback, Trainer, seed_everything
+
+from lightning_depth.bench.timing import timed, train_step
+from lightning_depth.data import GPUCIFAR10DataModule
+from lightning_depth.data.cifar import CIFAR10DataModule
+from lightning_depth.data.synthetic import write_synthetic_cifar
+from lightning_depth.models import ResNet, build_model
+from lightning_depth.module import ImageClassifier
 
 ABLATION = {"arms": 2, "seeds": 3, "epochs": 164, "steps_per_epoch": 391}  # He et al. 2016: 64k iterations
+PIPELINE_GOAL = 1.02
 
 
 def sync(device: torch.device) -> None:
@@ -42,88 +35,82 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def environment(device: torch.device) -> dict[str, Any]:
+    """What the numbers were measured on."""
+    cuda = device.type == "cuda"
+    driver = None
+    if cuda:
+        try:
+            import pynvml  # nvidia-ml-py, shipped beside CUDA builds of torch
+
+            pynvml.nvmlInit()
+            driver = pynvml.nvmlSystemGetDriverVersion()
+        except Exception:  # noqa: BLE001 - the driver version is informative only
+            driver = None
+    return {"device": torch.cuda.get_device_name(device) if cuda else "cpu", "driver": driver,
+            "cuda": torch.version.cuda if cuda else None,
+            "cudnn": torch.backends.cudnn.version() if cuda else None, "torch": torch.__version__,
+            "lightning": lightning.__version__, "python": platform.python_version()}
+
+
 def imagenet_throughput(device: torch.device, batch: int, size: int, steps: int, compile: bool) -> dict[str, Any]:
     """Images/s of SGD steps of ResNet-50 in bf16 autocast and channels_last on synthetic images on the device."""
-    from lightning_depth.models import build_model
-
     net = build_model("resnet50", stride_in_3x3=True, shortcut="B").to(device, memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
     x = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 1000, (batch,), device=device)
     model = torch.compile(net) if compile else net
 
-    def step() -> None:
-        optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(device.type, dtype=torch.bfloat16):
-            loss = F.cross_entropy(model(x), y)
-        loss.backward()
-        optimizer.step()
+    def run(n: int) -> None:
+        for _ in range(n):
+            train_step(model, optimizer, x, y, autocast=True)
+        sync(device)
 
-    start = time.perf_counter()
-    step()
-    sync(device)
-    first = time.perf_counter() - start
-    for _ in range(max(steps // 5, 1)):  # warm-up: allocator, cuDNN algorithm choice
-        step()
-    sync(device)
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    sync(device)
-    per_step = (time.perf_counter() - start) / steps
+    first = timed(lambda: run(1))
+    run(max(steps // 5, 1))  # warm-up: allocator, cuDNN algorithm choice
+    per_step = timed(lambda: run(steps)) / steps
     result = {"batch": batch, "size": size, "images_per_s": batch / per_step, "step_s": per_step}
     if compile:
         result["compile_s"] = first - per_step
     return result
 
 
-class EpochClock:
+class EpochClock(Callback):
     """Seconds of each training epoch and each validation pass (device synchronised at both ends). Lightning
     validates inside the training epoch, so a training epoch's time excludes its validation pass."""
 
     def __init__(self, device: torch.device) -> None:
-        from lightning.pytorch import Callback
-
-        clock = self
-
-        class _Hooks(Callback):
-            def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
-                sync(device)
-                clock.started = time.perf_counter()
-                clock.validating = 0.0
-
-            def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
-                sync(device)
-                clock.train.append(time.perf_counter() - clock.started - clock.validating)
-                clock.batches.append(trainer.fit_loop.epoch_loop.batch_progress.current.completed)
-
-            def on_validation_epoch_start(self, trainer: Any, pl_module: Any) -> None:
-                sync(device)
-                clock.val_started = time.perf_counter()
-
-            def on_validation_epoch_end(self, trainer: Any, pl_module: Any) -> None:
-                sync(device)
-                if not trainer.sanity_checking:
-                    clock.val.append(time.perf_counter() - clock.val_started)
-                    clock.validating += clock.val[-1]
-
-        self.callback = _Hooks()
+        self.device = device
         self.train: list[float] = []
         self.val: list[float] = []
         self.batches: list[int] = []
         self.started = self.val_started = self.validating = 0.0
+
+    def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
+        sync(self.device)
+        self.started = time.perf_counter()
+        self.validating = 0.0
+
+    def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        sync(self.device)
+        self.train.append(time.perf_counter() - self.started - self.validating)
+        self.batches.append(trainer.fit_loop.epoch_loop.batch_progress.current.completed)
+
+    def on_validation_epoch_start(self, trainer: Any, pl_module: Any) -> None:
+        sync(self.device)
+        self.val_started = time.perf_counter()
+
+    def on_validation_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        sync(self.device)
+        if not trainer.sanity_checking:
+            self.val.append(time.perf_counter() - self.val_started)
+            self.validating += self.val[-1]
 
 
 def cifar_epochs(root: Path, device: torch.device, depth: int, preact: bool, batch: int, epochs: int,
                  limit_train_batches: int | float, limit_val_batches: int | float, precision: str) -> dict[str, Any]:
     """Train a CIFAR ResNet with the pipeline for ``epochs`` epochs; times of the last epoch's training and
     validation, and seconds per training step."""
-    from lightning.pytorch import Trainer, seed_everything
-
-    from lightning_depth.data import GPUCIFAR10DataModule
-    from lightning_depth.models import ResNet
-    from lightning_depth.module import ImageClassifier
-
     seed_everything(0)
     net = ResNet(depth=depth, stem="cifar", preact=preact, num_classes=10)
     model = ImageClassifier(net, optimizer=lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, weight_decay=1e-4))
@@ -132,51 +119,40 @@ def cifar_epochs(root: Path, device: torch.device, depth: int, preact: bool, bat
                       precision=precision, benchmark=device.type == "cuda", logger=False,
                       enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                       num_sanity_val_steps=0, limit_train_batches=limit_train_batches,
-                      limit_val_batches=limit_val_batches, callbacks=[clock.callback])
-    data = GPUCIFAR10DataModule(root=str(root), val_split=0, batch_size=batch)
-    trainer.fit(model, data)
+                      limit_val_batches=limit_val_batches, callbacks=[clock])
+    trainer.fit(model, GPUCIFAR10DataModule(root=str(root), val_split=0, batch_size=batch))
     steps = clock.batches[-1]
-    return {"depth": depth, "preact": preact, "batch": batch, "train_epoch_s": clock.train[-1],
-            "val_s": clock.val[-1] if clock.val else 0.0, "steps": steps, "step_s": clock.train[-1] / steps,
-            "epoch_s": clock.train[-1] + (clock.val[-1] if clock.val else 0.0)}
+    val = clock.val[-1] if clock.val else 0.0
+    return {"depth": depth, "preact": preact, "batch": batch, "train_epoch_s": clock.train[-1], "val_s": val,
+            "steps": steps, "step_s": clock.train[-1] / steps, "epoch_s": clock.train[-1] + val}
 
 
 def plain_epoch(root: Path, device: torch.device, depth: int, batch: int, precision: str,
                 limit_batches: int | None) -> dict[str, Any]:
     """The same network, optimizer and GPU-resident batches in a plain PyTorch loop: seconds of the second epoch."""
-    from lightning_depth.data import GPUCIFAR10DataModule
-    from lightning_depth.models import ResNet
-
     torch.manual_seed(0)
     net = ResNet(depth=depth, stem="cifar", num_classes=10).to(device)
     optimizer = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
     data = GPUCIFAR10DataModule(root=str(root), val_split=0, batch_size=batch, device=str(device))
     data.setup("fit")
-    autocast = precision.startswith("bf16")
-    times = []
-    for _ in range(2):  # the first epoch warms up the allocator and cuDNN's algorithm choice
-        sync(device)
-        start = time.perf_counter()
+    steps = 0
+
+    def epoch() -> None:
+        nonlocal steps
         steps = 0
         for x, y in data.train_dataloader():
-            optimizer.zero_grad()
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-                loss = F.cross_entropy(net(x), y)
-            loss.backward()
-            optimizer.step()
+            train_step(net, optimizer, x, y, autocast=precision.startswith("bf16"))
             steps += 1
             if limit_batches is not None and steps == limit_batches:
                 break
         sync(device)
-        times.append(time.perf_counter() - start)
+
+    times = [timed(epoch) for _ in range(2)]  # the first epoch warms up the allocator and cuDNN's algorithm choice
     return {"depth": depth, "train_epoch_s": times[-1], "steps": steps}
 
 
 def cifar_root(given: str | None, tmp: Path, smoke: bool) -> tuple[Path, str]:
     """The CIFAR-10 folder to read: the one given when it holds the data, else synthetic files in the format."""
-    from lightning_depth.bench import write_synthetic_cifar
-    from lightning_depth.data.cifar import CIFAR10DataModule
-
     if given and (Path(given) / CIFAR10DataModule.folder / "data_batch_1").is_file():
         return Path(given), f"CIFAR-10 at {given}"
     per_file, test = (64, 64) if smoke else (10_000, 10_000)
@@ -184,41 +160,59 @@ def cifar_root(given: str | None, tmp: Path, smoke: bool) -> tuple[Path, str]:
         f"synthetic CIFAR-10-format files ({5 * per_file} training, {test} test images)"
 
 
-def measure(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+def measure_cifar(args: argparse.Namespace, device: torch.device, root: Path, step: Callable[[str], None],
+                  report: dict[str, Any]) -> None:
+    """ResNet-20 and -110 epochs, the pipeline against a plain loop, and ResNet-164 steps for the projection."""
     smoke = args.smoke
-    report: dict[str, Any] = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-                              "torch": torch.__version__, "smoke": smoke}
-    size, batch, steps = (32, 2, 2) if smoke else (224, args.imagenet_batch, 30)
-    print("ResNet-50 eager ...", file=sys.stderr, flush=True)
-    report["resnet50_eager"] = imagenet_throughput(device, batch, size, steps, compile=False)
-    if not smoke and not args.no_compile:
-        print("ResNet-50 compiled ...", file=sys.stderr, flush=True)
-        report["resnet50_compiled"] = imagenet_throughput(device, batch, size, steps, compile=True)
-    with tempfile.TemporaryDirectory(prefix="gpu_check_") as tmp:
-        root, source = cifar_root(args.cifar_root, Path(tmp), smoke)
-        report["cifar_data"] = source
-        epochs_kw = dict(batch=8 if smoke else 128, precision=args.precision, epochs=2,
-                         limit_val_batches=1 if smoke else 1.0)
-        for depth in (20, 110):
-            print(f"CIFAR ResNet-{depth} epochs ...", file=sys.stderr, flush=True)
-            report[f"resnet{depth}_cifar"] = cifar_epochs(root, device, depth, False,
-                                                          limit_train_batches=2 if smoke else 1.0, **epochs_kw)
-        # The pipeline's cost over a plain loop where a step takes milliseconds and Python overhead could show.
-        print("CIFAR ResNet-20 plain loop ...", file=sys.stderr, flush=True)
-        plain = plain_epoch(root, device, 20, epochs_kw["batch"], args.precision, 2 if smoke else None)
-        pipeline = report["resnet20_cifar"]
-        ratio = pipeline["train_epoch_s"] / plain["train_epoch_s"]
-        report["resnet20_plain_loop"] = {**plain, "pipeline_over_plain": ratio, "goal": 1.02}
-        arms = {}
-        for preact in (False, True):
-            print(f"ResNet-164 preact={preact} steps ...", file=sys.stderr, flush=True)
-            arms[preact] = cifar_epochs(root, device, 164, preact, limit_train_batches=2 if smoke else 60,
-                                        **epochs_kw)
+    kw = dict(batch=8 if smoke else 128, precision=args.precision, epochs=2, limit_val_batches=1 if smoke else 1.0)
+    for depth in (20, 110):
+        step(f"CIFAR ResNet-{depth} epochs")
+        report[f"resnet{depth}_cifar"] = cifar_epochs(root, device, depth, False,
+                                                      limit_train_batches=2 if smoke else 1.0, **kw)
+    # The pipeline's cost over a plain loop where a step takes milliseconds and Python overhead could show.
+    step("CIFAR ResNet-20 plain loop")
+    plain = plain_epoch(root, device, 20, kw["batch"], args.precision, 2 if smoke else None)
+    ratio = report["resnet20_cifar"]["train_epoch_s"] / plain["train_epoch_s"]
+    report["resnet20_plain_loop"] = {**plain, "pipeline_over_plain": ratio, "goal": PIPELINE_GOAL}
+    arms = {}
+    for preact in (False, True):
+        step(f"ResNet-164 preact={preact} steps")
+        arms["pre" if preact else "post"] = cifar_epochs(root, device, 164, preact,
+                                                         limit_train_batches=2 if smoke else 60, **kw)
+        report["resnet164_cifar"] = dict(arms)
     a = ABLATION
-    per_arm = [a["seeds"] * a["epochs"] * (a["steps_per_epoch"] * r["step_s"] + r["val_s"]) for r in arms.values()]
-    report["resnet164_cifar"] = {"post": arms[False], "pre": arms[True]}
-    report["ablation_projection"] = {**a, "precision": args.precision, "hours": sum(per_arm) / 3600,
-                                     "hours_per_arm": {"post": per_arm[0] / 3600, "pre": per_arm[1] / 3600}}
+    per_arm = {k: a["seeds"] * a["epochs"] * (a["steps_per_epoch"] * r["step_s"] + r["val_s"]) / 3600
+               for k, r in arms.items()}
+    report["ablation_projection"] = {**a, "precision": args.precision, "hours": sum(per_arm.values()),
+                                     "hours_per_arm": per_arm}
+
+
+def measure(args: argparse.Namespace, device: torch.device, save: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    """Every measurement, cheapest first and compilation last; ``save`` receives the report after each, so a run
+    cut short keeps what it measured."""
+    smoke = args.smoke
+    env = environment(device)
+    report: dict[str, Any] = {"device": env["device"], "torch": env["torch"], "smoke": smoke, "environment": env,
+                              "complete": False}
+    start = time.monotonic()
+
+    def step(what: str) -> None:
+        report["elapsed_s"] = time.monotonic() - start
+        save(report)
+        print(f"{what} ...", file=sys.stderr, flush=True)
+
+    size, batch, steps = (32, 2, 2) if smoke else (224, args.imagenet_batch, 30)
+    step("ResNet-50 eager")
+    report["resnet50_eager"] = imagenet_throughput(device, batch, size, steps, compile=False)
+    with tempfile.TemporaryDirectory(prefix="gpu_check_") as tmp:
+        root, report["cifar_data"] = cifar_root(args.cifar_root, Path(tmp), smoke)
+        measure_cifar(args, device, root, step, report)
+    if not smoke and not args.no_compile:
+        step("ResNet-50 compiled")
+        report["resnet50_compiled"] = imagenet_throughput(device, batch, size, steps, compile=True)
+    report["complete"] = True
+    report["elapsed_s"] = time.monotonic() - start
+    save(report)
     return report
 
 
@@ -249,14 +243,15 @@ def table(report: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--smoke", action="store_true", help="tiny sizes on whatever device there is (CPU here)")
     parser.add_argument("--cifar-root", default=None, help="folder holding cifar-10-batches-py/ (default: synthetic)")
     parser.add_argument("--precision", default="32-true", help="Trainer precision of the CIFAR runs (the recipe: 32)")
     parser.add_argument("--imagenet-batch", type=int, default=256, help="ResNet-50 batch (256 as in He et al.)")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile measurement")
-    parser.add_argument("--json", default=None, help="also write the JSON report to this file")
+    parser.add_argument("--json", default=None,
+                        help="also write the JSON report to this file, after every measurement ('complete': false "
+                             "until the last)")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available() and not args.smoke:
         print("gpu_check: no CUDA GPU visible, nothing measured; run it on a GPU machine "
@@ -265,12 +260,14 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device("cuda" if torch.cuda.is_available() and not args.smoke else "cpu")
     if device.type == "cpu":
         torch.set_num_threads(1)  # the smoke run only checks the script; one thread is steadiest on a busy machine
-    report = measure(args, device)
+
+    def save(report: dict[str, Any]) -> None:
+        if args.json:
+            Path(args.json).write_text(json.dumps(report) + "\n")
+
+    report = measure(args, device, save)
     print(table(report))
-    line = json.dumps(report)
-    print(line)
-    if args.json:
-        Path(args.json).write_text(line + "\n")
+    print(json.dumps(report))
     return 0
 
 

@@ -16,7 +16,8 @@ from PIL import Image
 from sklearn.datasets import load_digits
 
 from lightning_depth.data import CIFAR10DataModule, CIFAR100DataModule, DigitsDataModule, ImageFolderDataModule
-from lightning_depth.data._base import stratified_split
+from lightning_depth.data.base import stratified_split
+from lightning_depth.data.synthetic import write_image_folder, write_synthetic_cifar
 from lightning_depth.errors import UsageError
 
 
@@ -135,49 +136,23 @@ def test_stratified_split_is_disjoint_and_complete():
 # --- CIFAR, written in the python-pickle format the archives unpack to ------------------------------------------
 
 
-def write_cifar10(root: Path, per_batch: int = 20, test: int = 20) -> np.ndarray:
-    """Five training batches, a test batch and batches.meta; returns the test images (N×3072 uint8)."""
-    folder = root / "cifar-10-batches-py"
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    for name, n in [*((f"data_batch_{i}", per_batch) for i in range(1, 6)), ("test_batch", test)]:
-        data = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
-        batch = {b"batch_label": name.encode(), b"data": data, b"labels": [i % 10 for i in range(n)]}
-        (folder / name).write_bytes(pickle.dumps(batch))
-        if name == "test_batch":
-            test_data = data
-    meta = {b"label_names": [f"class{i}".encode() for i in range(10)], b"num_cases_per_batch": per_batch}
-    (folder / "batches.meta").write_bytes(pickle.dumps(meta))
-    return test_data
-
-
-def write_cifar100(root: Path, train: int = 200, test: int = 100) -> np.ndarray:
-    """The train and test files and meta of cifar-100-python; returns the test images (N×3072 uint8)."""
-    folder = root / "cifar-100-python"
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(1)
-    for name, n in [("train", train), ("test", test)]:
-        data = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
-        fine = [i % 100 for i in range(n)]
-        batch = {b"data": data, b"fine_labels": fine, b"coarse_labels": [f // 5 for f in fine]}
-        (folder / name).write_bytes(pickle.dumps(batch))
-    meta = {b"fine_label_names": [f"f{i}".encode() for i in range(100)], b"coarse_label_names": [b"c"] * 20}
-    (folder / "meta").write_bytes(pickle.dumps(meta))
-    return data
+def written_test_images(root: Path, module) -> np.ndarray:
+    """The test images write_synthetic_cifar wrote under ``root``, N×3072 uint8, read straight from the file."""
+    return pickle.loads((root / module.folder / module.test_files[0]).read_bytes())[b"data"]
 
 
 CIFARS = {
-    # module, writer, training images written, val_split that leaves a stratifiable remainder
-    "cifar10": (CIFAR10DataModule, write_cifar10, 100, 20),
-    "cifar100": (CIFAR100DataModule, write_cifar100, 200, 100),
+    # module, per_file (5 × per_file training images), test images, val_split leaving a stratifiable remainder
+    "cifar10": (CIFAR10DataModule, 20, 20, 20),
+    "cifar100": (CIFAR100DataModule, 40, 100, 100),
 }
 
 
 @pytest.fixture(params=list(CIFARS))
 def cifar(request, tmp_path):
-    module, writer, n_train, val_split = CIFARS[request.param]
-    test_data = writer(tmp_path)
-    return module, tmp_path, test_data, n_train, val_split
+    module, per_file, test, val_split = CIFARS[request.param]
+    write_synthetic_cifar(tmp_path, module, per_file=per_file, test=test)
+    return module, tmp_path, written_test_images(tmp_path, module), 5 * per_file, val_split
 
 
 def make(module, root, **kwargs):
@@ -258,7 +233,7 @@ def test_cifar_missing_data_is_one_line_naming_the_path_and_download_flag(module
 
 
 def test_cifar_truncated_batch_is_a_usage_error_naming_the_file(tmp_path):
-    write_cifar10(tmp_path)
+    write_synthetic_cifar(tmp_path, per_file=20, test=20)
     batch = tmp_path / "cifar-10-batches-py" / "data_batch_3"
     batch.write_bytes(batch.read_bytes()[:1000])
     with pytest.raises(UsageError, match="data_batch_3 is unreadable") as err:
@@ -267,7 +242,7 @@ def test_cifar_truncated_batch_is_a_usage_error_naming_the_file(tmp_path):
 
 
 def test_cifar_batch_without_labels_is_a_usage_error(tmp_path):
-    write_cifar10(tmp_path)
+    write_synthetic_cifar(tmp_path, per_file=20, test=20)
     batch = tmp_path / "cifar-10-batches-py" / "test_batch"
     batch.write_bytes(pickle.dumps({b"data": np.zeros((3, 3072), np.uint8)}))
     with pytest.raises(UsageError, match="test_batch lacks"):
@@ -283,7 +258,7 @@ CLASSES = ["n01", "n02", "n03"]
 def folders(tmp_path) -> Path:
     rng = np.random.default_rng(2)
     for split, per_class in [("train", 4), ("val", 2)]:
-        for c, name in enumerate(CLASSES):
+        for name in CLASSES:
             (tmp_path / split / name).mkdir(parents=True)
             for i in range(per_class):
                 pixels = rng.integers(0, 256, (40 + 8 * i, 56, 3), dtype=np.uint8)
@@ -293,6 +268,14 @@ def folders(tmp_path) -> Path:
                 else:
                     image.save(tmp_path / split / name / f"{i}.JPEG")
     return tmp_path
+
+
+def test_synthetic_image_folder_is_read_by_the_imagefolder_module(tmp_path):
+    write_image_folder(tmp_path, classes=2, per_class=3, val_per_class=1, size=(80, 60))
+    dm = ImageFolderDataModule(root=str(tmp_path), image_size=32, num_workers=0)
+    dm.setup("fit")
+    assert (dm.num_classes, len(dm.train_dataset), len(dm.val_dataset)) == (2, 6, 2)
+    assert dm.train_dataset[0][0].shape == (3, 32, 32)
 
 
 def folder_module(root: Path, **kwargs) -> ImageFolderDataModule:

@@ -12,10 +12,10 @@ import torch
 from lightning.pytorch import Callback, Trainer, seed_everything
 from torchvision.transforms import v2
 
-from lightning_depth.bench import write_synthetic_cifar
 from lightning_depth.callbacks import EpochReseed
 from lightning_depth.data import CIFAR10DataModule, CIFAR100DataModule
 from lightning_depth.data.gpu_cifar import DeviceBatches, GPUCIFAR10DataModule, GPUCIFAR100DataModule, crop_flip
+from lightning_depth.data.synthetic import write_synthetic_cifar
 from lightning_depth.errors import UsageError
 from lightning_depth.models import ResNet
 from lightning_depth.module import ImageClassifier
