@@ -165,7 +165,7 @@ class RunResult(Callback):
             macs = profile_model(net, size, in_channels=in_channels).macs
             net.train(was_training)
             return int(macs)
-        except Exception:  # a size probe must never fail a finished run
+        except Exception:  # noqa: BLE001 - a size probe must never fail a finished run
             return None
 
 

@@ -15,8 +15,9 @@ from lightning.pytorch import LightningDataModule
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
 from lightning.pytorch.cli import LightningCLI
 
-import lightning_depth.data  # noqa: F401  (short class names in configs: DigitsDataModule)
-import lightning_depth.models  # noqa: F401  (short class names in configs: ResNet)
+# Imported for their side effect: LightningCLI then resolves short class names in configs (ResNet, DigitsDataModule).
+import lightning_depth.data
+import lightning_depth.models  # noqa: F401
 from lightning_depth.ablation.run import run_ablation
 from lightning_depth.callbacks import EpochLines, EpochReseed, RunResult
 from lightning_depth.errors import UsageError
@@ -37,7 +38,7 @@ PROG = "python -m lightning_depth"
 TRAINER_COMMANDS = ("fit", "validate", "test", "predict")
 
 
-class AblationExit(Exception):
+class AblationExit(Exception):  # noqa: N818 - the end of a sweep, not an error
     """Raised after an ablation (which runs its trials as subprocesses) to end the CLI with its exit code."""
 
     def __init__(self, code: int) -> None:

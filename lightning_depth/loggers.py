@@ -17,7 +17,7 @@ def wandb_logged_in() -> bool:
         import wandb
 
         return bool(wandb.api.api_key)
-    except Exception:
+    except Exception:  # noqa: BLE001 - W&B settings that cannot be read mean: not logged in
         return False
 
 

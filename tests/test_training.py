@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+
 from tests.helpers.cli import ROOT, cli, cli_in_process
 from tests.helpers.wandb_records import offline_runs, read_run
 

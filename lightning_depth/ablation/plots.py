@@ -32,7 +32,7 @@ def write_plots(report: Report, out_dir: str | os.PathLike | None = None) -> lis
         path = edf_plot(report, out)
         if path:
             written.append(path)
-    except Exception as err:  # plotting must never cost the user the table
+    except Exception as err:  # noqa: BLE001 - plotting must never cost the user the table
         print(f"warning: plots skipped: {type(err).__name__}: {err}", file=sys.stderr)
     return written
 

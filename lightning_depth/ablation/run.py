@@ -117,7 +117,7 @@ def _arm_config(parser: Any, base: Any, arm: Arm) -> Any:
     text = parser.dump(arm_cfg, skip_check=True)
     try:
         parsed = parser.parse_string(text)
-    except Exception as err:  # jsonargparse reports a bad override as ArgumentError (or a plain error)
+    except Exception as err:  # noqa: BLE001 - jsonargparse reports a bad override as ArgumentError (or a plain error)
         raise UsageError(f"arm {arm.name!r} is not a valid configuration: {one_line(str(err))}") from None
     _check_net(parsed, arm.name)
     return parsed

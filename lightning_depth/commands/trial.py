@@ -61,7 +61,7 @@ def _run_locked(trial_dir: Path, config: Path) -> int:
     except UsageError as err:
         ledger.mark_failed(trial_dir, str(err))
         raise
-    except BaseException as err:  # noqa: BLE001 - record why, then let the traceback show the bug
+    except BaseException as err:  # record why, then let the traceback show the bug
         if _preempted(err):
             ledger.write_state(trial_dir, "pending", reason="interrupted by a signal; resumes when run again")
             raise

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -11,7 +11,7 @@ from lightning_depth.models.layers import LRN, check_choice, check_positive_int,
 
 # Table 1, one entry per layer: an int is a 3×3 convolution (stride 1, padding 1) with that many channels,
 # ("1x1", c) a 1×1 convolution (configuration C), "LRN" AlexNet's local response normalisation, "M" a 2×2/2 max pool.
-Layer = Union[int, str, tuple[str, int]]
+Layer = int | str | tuple[str, int]
 CONFIGS: dict[str, list[Layer]] = {
     "A": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
     "A-LRN": [64, "LRN", "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],

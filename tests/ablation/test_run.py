@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from tests.helpers.cli import CONFIGS, ROOT, cli, cli_in_process
 from tests.helpers.wandb_records import offline_runs, read_run
 

@@ -18,15 +18,15 @@ import time
 from pathlib import Path
 
 import pytest
-from tests.helpers import slurm_cluster
 import yaml
 
 from lightning_depth.ablation import slurm
-from lightning_depth.commands import trial
 from lightning_depth.ablation.slurm import Resources, SlurmOptions, derive_resources, render_script, submit
+from lightning_depth.commands import trial
 from lightning_depth.errors import UsageError
+from tests.helpers import slurm_cluster
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CPU1 = {"accelerator": "cpu", "devices": 1, "num_nodes": 1}
 # Every character a shell would act on, and SLURM's own %A, in one path component.
 NASTY = "it's \"q\" $(touch pwned) `touch pwned2` ; & | $HOME %A n"
@@ -245,7 +245,7 @@ def cluster():
     """A real single-node cluster for this module; SLURM clients find it through SLURM_CONF."""
     try:
         started = slurm_cluster.start()
-    except slurm_cluster.ClusterUnavailable as err:
+    except slurm_cluster.ClusterUnavailableError as err:
         pytest.skip(f"cannot start a SLURM cluster here: {err}")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("SLURM_CONF", str(started.conf))
@@ -491,7 +491,7 @@ def wait_for_checkpoint(path: Path, epoch: int, timeout: float, logs: Path) -> N
         try:
             if torch.load(path, map_location="cpu", weights_only=True)["epoch"] >= epoch:
                 return
-        except Exception:  # not written yet, or being written
+        except Exception:  # noqa: BLE001 - not written yet, or being written
             pass
         time.sleep(0.1)
 

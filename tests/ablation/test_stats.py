@@ -4,15 +4,15 @@ import math
 
 import pytest
 
-from lightning_depth.metrics import metric_mode
 from lightning_depth.ablation.stats import (
     CI_LABEL,
     bootstrap_interval,
     edf,
-    paired_delta,
     mean_std,
+    paired_delta,
     t_interval,
 )
+from lightning_depth.metrics import metric_mode
 
 T_975_2 = 4.302652729911275  # Student's t, 97.5th percentile, 2 degrees of freedom (any t table)
 

@@ -24,7 +24,7 @@ DAEMONS = ("munged", "slurmctld", "slurmd")
 CLIENTS = ("sbatch", "squeue", "sinfo", "scontrol", "scancel", "srun")
 
 
-class ClusterUnavailable(RuntimeError):
+class ClusterUnavailableError(RuntimeError):
     """The cluster could not be started here; the message says why (and carries the daemon logs)."""
 
 
@@ -37,14 +37,14 @@ def ensure_packages(timeout: float = 900) -> None:
     if not _missing_programs():
         return
     if os.geteuid() != 0 or shutil.which("apt-get") is None:
-        raise ClusterUnavailable(f"missing {', '.join(_missing_programs())} and cannot apt-get install them here")
+        raise ClusterUnavailableError(f"missing {', '.join(_missing_programs())} and cannot apt-get install them here")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", *PACKAGES]):
         done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
         if done.returncode != 0:
-            raise ClusterUnavailable(f"{' '.join(cmd)} failed: {done.stderr.strip()[-2000:]}")
+            raise ClusterUnavailableError(f"{' '.join(cmd)} failed: {done.stderr.strip()[-2000:]}")
     if _missing_programs():
-        raise ClusterUnavailable(f"still missing after apt-get: {', '.join(_missing_programs())}")
+        raise ClusterUnavailableError(f"still missing after apt-get: {', '.join(_missing_programs())}")
 
 
 def _program(name: str) -> str:
@@ -67,7 +67,7 @@ def _node_hardware() -> dict[str, str]:
     out = subprocess.run([_program("slurmd"), "-C"], capture_output=True, text=True, timeout=30).stdout
     fields = dict(re.findall(r"(\w+)=(\S+)", out.splitlines()[0] if out else ""))
     if "NodeName" not in fields or "CPUs" not in fields:
-        raise ClusterUnavailable(f"cannot read the node's hardware from 'slurmd -C': {out!r}")
+        raise ClusterUnavailableError(f"cannot read the node's hardware from 'slurmd -C': {out!r}")
     return fields
 
 
@@ -242,10 +242,10 @@ def _wait_for(predicate, timeout: float, what: str, cluster: SlurmCluster) -> No
     while not predicate():
         for name, proc in cluster.procs.items():
             if proc.poll() is not None:
-                raise ClusterUnavailable(f"{name} exited with {proc.returncode} while waiting for {what}\n"
+                raise ClusterUnavailableError(f"{name} exited with {proc.returncode} while waiting for {what}\n"
                                          f"{_stderr(cluster.root)}{cluster.logs()}")
         if time.monotonic() > deadline:
-            raise ClusterUnavailable(f"timed out after {timeout:.0f}s waiting for {what}\n"
+            raise ClusterUnavailableError(f"timed out after {timeout:.0f}s waiting for {what}\n"
                                      f"{_stderr(cluster.root)}{cluster.logs()}")
         time.sleep(0.2)
 
@@ -258,11 +258,12 @@ def _stderr(root: Path) -> str:
 def start(timeout: float = 60) -> SlurmCluster:
     """Starts munged, slurmctld and slurmd in a new temporary folder; returns once the node is idle.
 
-    Raises ``ClusterUnavailable`` (with the daemons' logs) when the cluster cannot start; whatever was started
+    Raises ``ClusterUnavailableError`` (with the daemons' logs) when the cluster cannot start; whatever was started
     by then is stopped again.
     """
     if os.geteuid() != 0:
-        raise ClusterUnavailable("the test cluster runs its daemons as root (SlurmUser=root); run the tests as root")
+        raise ClusterUnavailableError("the test cluster runs its daemons as root (SlurmUser=root); "
+                                      "run the tests as root")
     ensure_packages()
     hardware = _node_hardware()
     root = Path(tempfile.mkdtemp(prefix="ld-slurm-"))

@@ -14,6 +14,8 @@ from torch import nn
 from lightning_depth.models.layers import logits_and_aux
 from lightning_depth.models.registry import FAMILIES, PRESETS, build_model, list_models, resolve
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 NAMES = list_models()
 
 # Real weights plus a backward pass take well over 2 s on a 2-core CPU for these: initialising > 40 M weights (VGG,
@@ -53,14 +55,6 @@ def small_side(name: str) -> int:
     return 8 if toggles.get("stem") == "cifar" else 32
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tensors of a batch of two small images: a second thread only adds synchronisation, and on a shared CPU its
-    # spin-waiting made these tests ten times slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def slow_if_heavy(names):

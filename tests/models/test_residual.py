@@ -11,14 +11,9 @@ from lightning_depth.models import densenet, resnet
 from lightning_depth.models.densenet import DenseNet
 from lightning_depth.models.resnet import ResNet, ZeroPadShortcut
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # These tensors are tiny: on a shared machine extra intra-op threads cost more than they give.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+
 
 
 def num_params(model: nn.Module) -> int:

@@ -13,14 +13,9 @@ from lightning_depth.models.resnet import ResNet
 from lightning_depth.models.torchvision_weights import _rename_legacy_densenet_keys, load_torchvision_weights
 from lightning_depth.models.vgg import VGG
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Small inputs: on a shared machine extra intra-op threads cost more than they give.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+
 
 
 def num_params(model: nn.Module) -> int:
