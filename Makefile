@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup slurm-packages test test-fast quickstart clean
+.PHONY: setup slurm-packages lint test test-fast quickstart clean
 
 # Idempotent: reinstalls only when pyproject.toml or the CI constraints change.
 setup: $(STAMP)
@@ -19,12 +19,16 @@ $(STAMP): pyproject.toml constraints-ci.txt
 slurm-packages:
 	command -v slurmctld >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurmctld slurmd slurm-client munge)
 
-# The whole suite, slow tests (training, DDP, SLURM) included.
-test: setup slurm-packages
+# ruff, configured in pyproject.toml, on the whole tree.
+lint: setup
+	$(PY) -m ruff check .
+
+# The linter, then the whole suite, slow tests (training, DDP, SLURM) included.
+test: lint slurm-packages
 	WANDB_MODE=offline $(PY) -m pytest -q
 
 # The fast tests only (no training, no cluster).
-test-fast: setup
+test-fast: lint
 	WANDB_MODE=offline $(PY) -m pytest -q -m "not slow"
 
 # The headline ablation on the embedded digits: post- vs pre-activation ResNet-20, three seeds, then the table.

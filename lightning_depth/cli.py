@@ -5,12 +5,18 @@ Importing this module imports Lightning (seconds); ``__main__`` dispatches the l
 
 from __future__ import annotations
 
+import json
+import logging
+import os
+import re
 import sys
 import warnings
 from pathlib import Path
 from typing import Any, Literal
 
+import torch
 from jsonargparse import ArgumentError
+from lightning.fabric.utilities.warnings import PossibleUserWarning
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
 from lightning.pytorch.cli import LightningCLI
@@ -18,24 +24,40 @@ from lightning.pytorch.cli import LightningCLI
 # Imported for their side effect: LightningCLI then resolves short class names in configs (ResNet, DigitsDataModule).
 import lightning_depth.data
 import lightning_depth.models  # noqa: F401
+from lightning_depth import fmt
 from lightning_depth.ablation.run import run_ablation
-from lightning_depth.callbacks import EpochLines, EpochReseed, RunResult
+from lightning_depth.callbacks import EpochLines, EpochReseed, PredictionWriter, RunResult, describe_result
+from lightning_depth.data.base import describe_data
 from lightning_depth.errors import UsageError
 from lightning_depth.loggers import print_sync_hint
+from lightning_depth.metrics import RESULT_FILE
+from lightning_depth.models.complexity import InputSizeError, profile_model
 from lightning_depth.module import ImageClassifier
 from lightning_depth.runs import (
     CHECKPOINT_DIR,
     check_checkpoint,
+    evaluation_checkpoint,
     flatten,
     git_revision,
     is_rank_zero,
     one_line,
     prepare_run,
     resolved_config,
+    start_run,
 )
 
 PROG = "python -m lightning_depth"
 TRAINER_COMMANDS = ("fit", "validate", "test", "predict")
+EVALUATING = {"validate": "validating", "test": "testing", "predict": "predicting with"}
+# Lightning's info lines that say what the CLI's own lines say (run, device, seed, checkpoint, why fit stopped) or
+# advertise another product. Everything else Lightning logs is printed.
+QUIET_INFO = re.compile(
+    r"(\[rank: \d+\] )?(💡 Tip: |GPU available: |TPU available: |HPU available: |Seed set to "
+    r"|`Trainer\.fit` stopped: |Restoring states from the checkpoint path at |Restored all states from the checkpoint"
+    r"|Loaded model weights from the checkpoint at )"
+)
+INFO_LOGGERS = ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero",
+                "lightning.fabric.utilities.seed")
 
 
 class AblationExit(Exception):  # noqa: N818 - the end of a sweep, not an error
@@ -63,7 +85,7 @@ class DepthCLI(LightningCLI):
                     {"class_path": "lightning.pytorch.loggers.CSVLogger",
                      "init_args": {"save_dir": ".", "name": "csv"}},
                 ],
-                "callbacks": [EpochReseed(), RunResult(), progress],
+                "callbacks": [EpochReseed(), RunResult(), PredictionWriter(), progress],
                 "enable_progress_bar": isinstance(progress, RichProgressBar),
             },
             parser_kwargs={"exit_on_error": False, "allow_abbrev": False, "prog": PROG},
@@ -81,8 +103,9 @@ class DepthCLI(LightningCLI):
             "checkpoint.filename": "best-epoch{epoch:03d}",
             "checkpoint.auto_insert_metric_name": False,
         })
-        parser.add_argument("--ablation", type=dict | None, default=None,
-                            help="Ablation spec (name, design, factors, baseline, seeds): run every trial.")
+        parser.add_argument("--ablation", type=dict | None, default=None, sub_configs=True,
+                            help="Ablation spec (name, design, factors, baseline, seeds), or a file holding one: "
+                                 "run every trial.")
         parser.add_argument("--launcher", type=Literal["local", "slurm"], default="local",
                             help="Where an ablation's trials run.")
         parser.add_argument("--parallel", type=int, default=1,
@@ -95,10 +118,17 @@ class DepthCLI(LightningCLI):
                             help="SLURM options over the ablation's slurm: section, e.g. '{partition: gpu}'.")
 
     def _parse_ckpt_path(self) -> None:
-        # LightningCLI reads hyperparameters from --ckpt_path right after parsing: vet the file first.
+        # LightningCLI reads hyperparameters from --ckpt_path right after parsing: vet the file first. Evaluating
+        # commands take the run directory's best checkpoint unless told otherwise.
         subcommand = self.config.get("subcommand")
-        if subcommand and self.config[subcommand].get("ckpt_path"):
-            check_checkpoint(Path(self.config[subcommand].ckpt_path))
+        cfg = self.config[subcommand] if subcommand else None
+        if subcommand in EVALUATING and not cfg.get("ablation"):
+            path, which = evaluation_checkpoint(cfg, subcommand)
+            cfg.ckpt_path = str(path)
+            if is_rank_zero():
+                print(f"{EVALUATING[subcommand]} {path} ({which})", file=sys.stderr)
+        elif cfg is not None and cfg.get("ckpt_path"):
+            check_checkpoint(Path(cfg.ckpt_path))
         super()._parse_ckpt_path()
 
     def before_instantiate_classes(self) -> None:
@@ -106,10 +136,23 @@ class DepthCLI(LightningCLI):
         if cfg.get("ablation"):
             if self.subcommand != "fit":
                 raise UsageError(f"an ablation: section runs with 'fit', not '{self.subcommand}'")
-            raise AblationExit(run_ablation(self._parser("fit"), cfg))
-        self.run_dir = prepare_run(self._parser(self.subcommand), cfg, self.subcommand)
+            # A spec read from a file carries its path as jsonargparse metadata (__path__), which is no spec key.
+            raise AblationExit(run_ablation(self._parser("fit"), cfg.clone(with_meta=False)))
+        # Decided now, written only once the model, the data and the trainer are known to be good.
+        self.run_plan = prepare_run(self._parser(self.subcommand), cfg, self.subcommand)
+        self.run_dir = self.run_plan.root
 
     def instantiate_trainer(self, **kwargs: Any) -> Any:
+        # Lightning's summary table has a FLOPs column that reads 0 without an example input; unless asked for it
+        # (enable_model_summary: true, which then gets one), the CLI prints one line with the project's own count.
+        summary = self._get(self.config_init, "trainer", default={}).get("enable_model_summary")
+        self.model_line = summary is None
+        if self.model_line:
+            kwargs.setdefault("enable_model_summary", False)
+        elif summary and getattr(self.model, "example_input_array", None) is None:
+            shape = self._input_shape()
+            if shape is not None:
+                self.model.example_input_array = torch.zeros(1, *shape)
         trainer = super().instantiate_trainer(**kwargs)
         if trainer.loggers and not any(isinstance(c, LearningRateMonitor) for c in trainer.callbacks):
             trainer.callbacks.append(LearningRateMonitor())  # it refuses to run without a logger
@@ -126,9 +169,64 @@ class DepthCLI(LightningCLI):
         except (ValueError, TypeError) as err:
             # A toggle outside what the paper allows, e.g. ResNet depth=21.
             raise UsageError(one_line(str(err))) from None
+        if is_rank_zero():
+            self._check_data()
+        start_run(self.run_plan)
+        if is_rank_zero():
+            self._print_run()
+
+    def _check_data(self) -> None:
+        """Read the data as the command will: missing or unreadable data is one line now, before any file, logger
+        or W&B run exists. The data modules keep what they read, so Lightning's own setup reads nothing twice; other
+        DDP ranks start inside the Trainer, after this process has checked."""
+        self.datamodule.trainer = self.trainer  # a module that holds its data on the device places it there
+        self.datamodule.prepare_data()
+        self.datamodule.setup(self.subcommand)
+
+    def _input_shape(self) -> tuple[int, int, int] | None:
+        size = getattr(self.datamodule, "image_size", None)
+        return (getattr(self.datamodule, "in_channels", 3), size, size) if size else None
+
+    def _print_run(self) -> None:
+        """What the command runs, in three lines: where it writes and on what, the network's size, the data."""
+        cfg = self.config[self.subcommand]
+        n = self.trainer.num_devices
+        device = f"{n} {self.trainer.strategy.root_device.type} device{'s' if n > 1 else ''}"
+        print(f"run: {self.run_plan.root} ({self.subcommand}, seed {cfg.get('seed_everything')}, {device})",
+              file=sys.stderr)
+        if self.model_line:
+            net = self.model.net
+            shape = self._input_shape()
+            line = f"{type(net).__name__}: params {fmt.count(sum(p.numel() for p in net.parameters()))}"
+            try:
+                line = profile_model(net, shape[1:], in_channels=shape[0]).line() if shape else line
+            except InputSizeError as err:
+                line = f"{line} ({err})"
+            print(f"model: {line}", file=sys.stderr)
+        print(f"data: {describe_data(self.datamodule)}", file=sys.stderr)
 
     def before_fit(self) -> None:
         self._log_run_config()
+
+    def after_fit(self) -> None:
+        if self.trainer.is_global_zero:
+            path = Path(self.trainer.default_root_dir) / RESULT_FILE
+            if path.is_file():
+                print(f"{describe_result(json.loads(path.read_text()))}; in {path}", file=sys.stderr)
+        self._finish()
+
+    def after_validate(self) -> None:
+        self._finish()
+
+    def after_test(self) -> None:
+        self._finish()
+
+    def after_predict(self) -> None:
+        self._finish()
+
+    def _finish(self) -> None:
+        if self.trainer.is_global_zero:
+            print_sync_hint(self.trainer.loggers)
 
     def _log_run_config(self) -> None:
         cfg = self.config[self.subcommand]
@@ -139,14 +237,35 @@ class DepthCLI(LightningCLI):
         flat.update({"seed": cfg.get("seed_everything"), "git_revision": rev, "git_dirty": dirty})
         for logger in self.trainer.loggers:
             logger.log_hyperparams(flat)
-        if is_rank_zero():
-            print_sync_hint(self.trainer.loggers)
+
+
+class _QuietInfo(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not QUIET_INFO.match(record.getMessage())
+
+
+def quiet_console() -> None:
+    """Leave out the console lines a user can do nothing about, each by its exact message; every other warning and
+    info line is printed."""
+    # LightningCLI warns when given args while sys.argv also has some; here they are the same arguments.
+    warnings.filterwarnings("ignore", message=".*args parameter is intended to run from within Python.*")
+    if "SLURM_JOB_ID" not in os.environ:
+        # Lightning suggests srun whenever the command exists, even outside any SLURM job, where it does not apply.
+        # Inside an allocation the hint can matter, and stays.
+        warnings.filterwarnings("ignore", message=re.escape("The `srun` command is available on your system but is "
+                                                            "not used"), category=PossibleUserWarning)
+    # Lightning's own use of a torch API that torch deprecated: nothing a user of this CLI can change.
+    warnings.filterwarnings("ignore", message=re.escape("`isinstance(treespec, LeafSpec)` is deprecated"),
+                            category=FutureWarning)
+    for name in INFO_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _QuietInfo) for f in logger.filters):
+            logger.addFilter(_QuietInfo())
 
 
 def run_cli(argv: list[str]) -> int:
     """Run a Trainer subcommand through LightningCLI; expected failures become one-line UsageErrors."""
-    # LightningCLI warns when given args while sys.argv also has some; here they are the same arguments.
-    warnings.filterwarnings("ignore", message=".*args parameter is intended to run from within Python.*")
+    quiet_console()
     try:
         DepthCLI(args=argv)
     except ArgumentError as err:

@@ -1,8 +1,10 @@
-"""Every experiment file is a valid, honest configuration: it parses, its ablation arms differ only in their factor,
-the paper-scale ablations keep their family's recipe, and every file runs a training step on the embedded digits."""
+"""Every experiment file is a valid, honest configuration: it parses with the CLI, names its source, and runs a
+training step on the embedded digits. An ablation is one recipe plus one design, composed rather than copied: it
+trains its recipe changed only where it says, and its arms differ only in their factors."""
 
 from __future__ import annotations
 
+import functools
 import sys
 from pathlib import Path
 from typing import Any
@@ -10,31 +12,23 @@ from typing import Any
 import pytest
 import torch
 import yaml
-from conftest import ROOT
 
+from lightning_depth.__main__ import main
 from lightning_depth.ablation.run import plan
 from lightning_depth.ablation.spec import parse_spec
-from lightning_depth.cli import _build_cli_class, main
+from lightning_depth.cli import DepthCLI
+from lightning_depth.runs import resolved_config
+from tests.helpers.cli import ROOT
 
 EXPERIMENTS = ROOT / "experiments"
-CONFIGS = sorted(EXPERIMENTS.rglob("*.yaml"))
-ABLATIONS = [p for p in CONFIGS if "ablation" in yaml.safe_load(p.read_text())]
-PAPER = EXPERIMENTS / "paper"
-
-# Each paper-scale ablation keeps the recipe of one family file; only the network's toggles may differ.
-PAPER_RECIPES = {
-    "alexnet_lrn_ablation.yaml": "alexnet_imagenet.yaml",
-    "alexnet_towers_ablation.yaml": "alexnet_imagenet.yaml",
-    "vgg_depth_ablation.yaml": "vgg16_imagenet.yaml",
-    "googlenet_aux_ablation.yaml": "googlenet_imagenet.yaml",
-    "googlenet_inception_ablation.yaml": "googlenet_imagenet.yaml",
-    "residual_ablation.yaml": "resnet_cifar.yaml",
-    "bottleneck_ablation.yaml": "resnet_cifar.yaml",
-    "shortcut_ablation.yaml": "resnet50_imagenet.yaml",
-    "preact_ablation.yaml": "preact_resnet164_cifar.yaml",
-    "growth_rate_ablation.yaml": "densenet_bc_100_12_cifar.yaml",
-    "densenet_bc_ablation.yaml": "densenet_bc_100_12_cifar.yaml",
-}
+PAPER, QUICK = EXPERIMENTS / "paper", EXPERIMENTS / "quick"
+# Each ablation's design (its ablation: section), once; the ablations below load it.
+DESIGNS = sorted((EXPERIMENTS / "ablations").glob("*.yaml"))
+# One design on one recipe: on the embedded digits at the top level, at paper scale under paper/.
+EMBEDDED = sorted(EXPERIMENTS.glob("*_ablation.yaml"))
+ABLATIONS = EMBEDDED + sorted(PAPER.glob("*_ablation.yaml"))
+RECIPES = sorted(p for p in PAPER.glob("*.yaml") if p not in ABLATIONS) + sorted(QUICK.glob("*.yaml"))
+CONFIGS = RECIPES + ABLATIONS  # what `fit --config` takes
 # Smallest digits image that every network of a family accepts (AlexNet's three overlapping pools need 67).
 SMOKE_IMAGE_SIZE = {"AlexNet": 67}
 # What a trial's config may change besides its factors: where it writes and how W&B labels it.
@@ -58,25 +52,30 @@ def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: data}
 
 
-class _Parsed(Exception):
-    """Stops the CLI after parsing, carrying the fit parser and the parsed config."""
+class _ParseOnly(DepthCLI):
+    """The CLI up to its parsed config: with ``run=False`` there is no subcommand to run, and nothing is built."""
 
-    def __init__(self, parser: Any, cfg: Any) -> None:
-        super().__init__()
-        self.parser, self.cfg = parser, cfg
+    def before_instantiate_classes(self) -> None:
+        pass
+
+    def instantiate_classes(self) -> None:
+        pass
 
 
+@functools.cache
 def _parse(path: Path) -> tuple[Any, Any]:
-    """The CLI's own parser and the fully parsed ``fit`` config of ``path``, without running anything."""
-    base = _build_cli_class()
+    """The CLI's own parser and the fully parsed config of ``path`` (read-only: it is cached), as the ablation
+    driver receives it: without jsonargparse's record of which file gave what."""
+    cli = _ParseOnly(args=["--config", str(path)], run=False)
+    return cli.parser, cli.config.clone(with_meta=False)
 
-    class Capture(base):
-        def before_instantiate_classes(self) -> None:
-            raise _Parsed(self._parser("fit"), self.config["fit"])
 
-    with pytest.raises(_Parsed) as parsed:
-        Capture(["fit", "--config", str(path)])
-    return parsed.value.parser, parsed.value.cfg
+def _resolved(path: Path) -> dict[str, Any]:
+    return _flatten(resolved_config(*_parse(path)))
+
+
+def _family(path: Path) -> str:
+    return _parse(path)[1].model.net.class_path.rsplit(".", 1)[-1]
 
 
 @pytest.fixture(autouse=True)
@@ -85,25 +84,60 @@ def _argv(monkeypatch):
     monkeypatch.setattr(sys, "argv", ["lightning_depth"])
 
 
-# -- every file ------------------------------------------------------------------------------------------------------
+# -- the layout ------------------------------------------------------------------------------------------------------
 
 
-def _family(path: Path) -> str:
-    return _load(path)["model"]["net"]["class_path"].rsplit(".", 1)[-1]
+def test_every_file_is_a_recipe_a_design_or_an_ablation():
+    assert set(EXPERIMENTS.rglob("*.yaml")) == set(RECIPES) | set(DESIGNS) | set(ABLATIONS)
 
 
 def test_every_family_has_a_paper_recipe_and_a_quick_run_on_the_digits():
     from lightning_depth.models import FAMILIES
 
     families = {cls.__name__ for cls in FAMILIES.values()}
-    recipes = [p for p in EXPERIMENTS.glob("*.yaml") if "ablation" not in _load(p)]
-    assert families <= {_family(p) for p in recipes}
-    assert families <= {_family(p) for p in (EXPERIMENTS / "quick").glob("*.yaml")}
+    assert families <= {_family(p) for p in RECIPES if p.parent == PAPER}
+    assert families <= {_family(p) for p in RECIPES if p.parent == QUICK}
 
 
-def test_every_embedded_ablation_has_a_paper_scale_twin():
-    embedded = {p.name for p in EXPERIMENTS.glob("*_ablation.yaml")}
-    assert embedded == {p.name for p in PAPER.glob("*.yaml")} == set(PAPER_RECIPES)
+@pytest.mark.parametrize("design", DESIGNS, ids=_rel)
+def test_every_design_runs_on_the_digits_and_at_paper_scale(design):
+    name = _load(design)["name"]
+    assert name == design.stem, "a design is named after its file, and its runs' directory after its name"
+    for ablation in (EXPERIMENTS / f"{name}_ablation.yaml", PAPER / f"{name}_ablation.yaml"):
+        assert ablation.exists(), f"{_rel(design)} has no {_rel(ablation)}"
+        assert (ablation.parent / _load(ablation)["ablation"]).resolve() == design
+
+
+@pytest.mark.parametrize("path", ABLATIONS, ids=_rel)
+def test_an_ablation_is_one_recipe_of_its_scale_plus_one_design(path):
+    raw = _load(path)
+    # jsonargparse reads the file that config: names, then applies the keys below it on top; a key above may lose.
+    assert next(iter(raw)) == "config", "config: comes first"
+    recipe = (path.parent / raw["config"]).resolve()
+    assert recipe in RECIPES and recipe.parent == (QUICK if path in EMBEDDED else PAPER), \
+        "embedded ablations build on a quick/ recipe, paper-scale ones on a paper/ recipe"
+    assert (path.parent / raw["ablation"]).resolve() in DESIGNS
+    # A nested section below config: would replace the recipe's whole section instead of changing one key of it.
+    overrides = [key for key in raw if key not in ("config", "ablation")]
+    assert all("." in key for key in overrides), f"overrides are the CLI's dotted keys: {overrides}"
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=_rel)
+def test_a_recipe_stands_alone(path):
+    assert not {"config", "ablation"} & set(_load(path)), "a recipe includes nothing and ablates nothing"
+
+
+@pytest.mark.parametrize("path", ABLATIONS, ids=_rel)
+def test_an_ablation_trains_its_recipe_changed_only_where_it_says(path):
+    raw = _load(path)
+    ours, recipe = _resolved(path), _resolved((path.parent / raw["config"]).resolve())
+    overrides = {key: value for key, value in raw.items() if key not in ("config", "ablation")}
+    changed = {k for k in ours.keys() | recipe.keys() if ours.get(k) != recipe.get(k)}
+    assert changed <= set(overrides), f"also changed: {sorted(changed - set(overrides))}"
+    assert {key: ours.get(key) for key in overrides} == overrides
+
+
+# -- every file ------------------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=_rel)
@@ -119,10 +153,9 @@ def test_config_parses_with_the_cli(path, capsys):
     assert printed["data"]["class_path"].startswith("lightning_depth.data.")
 
 
-@pytest.mark.parametrize("path", CONFIGS, ids=_rel)
-def test_config_names_its_source_and_leaves_num_classes_to_the_data(path):
-    text = path.read_text()
-    assert text.startswith("#"), "an experiment file opens with a comment naming its paper and section"
+@pytest.mark.parametrize("path", CONFIGS + DESIGNS, ids=_rel)
+def test_file_names_its_source_and_leaves_num_classes_to_the_data(path):
+    assert path.read_text().startswith("#"), "an experiment file opens with a comment naming its paper and section"
     keys = [key.rsplit(".", 1)[-1] for key in _flatten(_load(path))]
     assert "num_classes" not in keys, "num_classes is linked from the data module, never set in a config"
 
@@ -135,7 +168,7 @@ def test_ablation_arms_are_valid_and_differ_only_in_their_factors(path, tmp_path
     parser, cfg = _parse(path)
     spec = parse_spec(cfg.ablation)
     assert len(spec.seeds) >= 3
-    planned = plan(parser, cfg, spec, tmp_path)  # validates every arm with the parser that will train it
+    planned = plan(parser, cfg, spec, tmp_path)  # validates every arm with the CLI's parser, as the driver does
 
     arms = {}  # arm name -> its first trial (every arm's trials differ only in the seed)
     for trial in planned:
@@ -157,28 +190,14 @@ def test_ablation_arms_are_valid_and_differ_only_in_their_factors(path, tmp_path
             cls(**{**net.init_args.as_dict(), "num_classes": 10})
 
 
-@pytest.mark.parametrize("name", sorted(PAPER_RECIPES))
-def test_paper_ablation_keeps_its_recipe_and_its_embedded_twin_s_design(name):
-    paper, recipe = _load(PAPER / name), _load(EXPERIMENTS / PAPER_RECIPES[name])
-    for section in ("trainer", "data", "seed_everything"):
-        assert paper[section] == recipe[section], f"{section} differs from {PAPER_RECIPES[name]}"
-    for key in set(paper["model"]) | set(recipe["model"]):
-        if key != "net":
-            assert paper["model"].get(key) == recipe["model"].get(key), f"model.{key} differs"
-    assert paper["model"]["net"]["class_path"] == recipe["model"]["net"]["class_path"]
-
-    embedded = _load(EXPERIMENTS / name)["ablation"]
-    assert paper["ablation"] == embedded, "the paper-scale ablation runs the same design as the embedded one"
-
-
 # -- a training step -------------------------------------------------------------------------------------------------
 
 
 def _smoke_args(path: Path) -> list[str]:
     """Command-line overrides that bring a paper-scale file to the embedded digits on the CPU."""
-    cfg = _load(path)
-    args = ["--ablation", "null"] if "ablation" in cfg else []
-    if cfg["data"]["class_path"].endswith("DigitsDataModule"):
+    cfg = _parse(path)[1]
+    args = ["--ablation", "null"] if cfg.get("ablation") else []
+    if cfg.data.class_path.endswith("DigitsDataModule"):
         return args
     return args + [
         "--data", "lightning_depth.data.DigitsDataModule",
@@ -191,10 +210,11 @@ def _smoke_args(path: Path) -> list[str]:
     ]
 
 
-# The paper-scale ablations are left out: their trainer, data and optimisation equal a family file's (tested
-# above), which runs here, and every arm's network is built above; a step each would add minutes and no coverage.
+# The paper-scale ablations are left out: each trains its paper recipe, which runs here, changed only in the
+# network's toggles (tested above), and every arm's network is built above; a step each would add minutes and no
+# coverage.
 @pytest.mark.slow
-@pytest.mark.parametrize("path", [p for p in CONFIGS if p.parent != PAPER], ids=_rel)
+@pytest.mark.parametrize("path", RECIPES + EMBEDDED, ids=_rel)
 def test_config_runs_a_training_and_a_validation_step(path, tmp_path):
     code = main(["fit", "--config", str(path), "--trainer.fast_dev_run", "1",
                  "--trainer.default_root_dir", str(tmp_path), *_smoke_args(path)])
