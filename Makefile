@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup slurm-packages lint test test-fast quickstart clean
+.PHONY: setup slurm-packages browser-packages lint test test-fast quickstart clean
 
 # Idempotent: reinstalls only when pyproject.toml or the CI constraints change.
 setup: $(STAMP)
@@ -19,12 +19,16 @@ $(STAMP): pyproject.toml constraints-ci.txt
 slurm-packages:
 	command -v slurmctld >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurmctld slurmd slurm-client munge)
 
+# The HTML comparison page is tested in a real headless browser: Debian's Chromium.
+browser-packages:
+	command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
+
 # ruff, configured in pyproject.toml, on the whole tree.
 lint: setup
 	$(PY) -m ruff check .
 
 # The linter, then the whole suite, slow tests (training, DDP, SLURM) included.
-test: lint slurm-packages
+test: lint slurm-packages browser-packages
 	WANDB_MODE=offline $(PY) -m pytest -q
 
 # The fast tests only (no training, no cluster).

@@ -15,30 +15,38 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from jsonargparse import ArgumentError
+from jsonargparse import ActionYesNo, ArgumentError, set_parsing_settings
 from lightning.fabric.utilities.warnings import PossibleUserWarning
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.plugins.io import CheckpointIO
 
 # Imported for their side effect: LightningCLI then resolves short class names in configs (ResNet, DigitsDataModule).
 import lightning_depth.data
 import lightning_depth.models  # noqa: F401
 from lightning_depth import fmt
 from lightning_depth.ablation.run import run_ablation
-from lightning_depth.callbacks import EpochLines, EpochReseed, PredictionWriter, RunResult, describe_result
+from lightning_depth.callbacks import Diverged, EpochLines, EpochReseed, PredictionWriter, RunResult, describe_result
+from lightning_depth.checkpoints import AtomicCheckpointIO, Preemption
 from lightning_depth.data.base import describe_data
 from lightning_depth.errors import UsageError
-from lightning_depth.loggers import print_sync_hint
+from lightning_depth.evidence_callback import SaveEvidence
+from lightning_depth.loggers import finish_runs, print_sync_hint
 from lightning_depth.metrics import RESULT_FILE
 from lightning_depth.models.complexity import InputSizeError, profile_model
 from lightning_depth.module import ImageClassifier
 from lightning_depth.runs import (
     CHECKPOINT_DIR,
+    IMPORT_ALLOWLIST_KEY,
+    PREEMPTION_PREFIX,
+    TRUSTED_IMPORTS,
+    UNTRUSTED_WITHIN,
     check_checkpoint,
     evaluation_checkpoint,
     flatten,
     git_revision,
+    import_allowlist,
     is_rank_zero,
     one_line,
     prepare_run,
@@ -73,6 +81,7 @@ class DepthCLI(LightningCLI):
 
     def __init__(self, args: list[str] | None = None, run: bool = True) -> None:
         progress = RichProgressBar() if sys.stderr.isatty() else EpochLines()
+        self.requested = args[0] if args and args[0] in TRAINER_COMMANDS else None
         super().__init__(
             ImageClassifier,
             LightningDataModule,
@@ -85,13 +94,19 @@ class DepthCLI(LightningCLI):
                     {"class_path": "lightning.pytorch.loggers.CSVLogger",
                      "init_args": {"save_dir": ".", "name": "csv"}},
                 ],
-                "callbacks": [EpochReseed(), RunResult(), PredictionWriter(), progress],
+                "callbacks": [EpochReseed(), RunResult(), SaveEvidence(), PredictionWriter(), progress],
                 "enable_progress_bar": isinstance(progress, RichProgressBar),
             },
             parser_kwargs={"exit_on_error": False, "allow_abbrev": False, "prog": PROG},
             args=args,
             run=run,
         )
+
+    def subcommands(self) -> dict[str, set[str]]:
+        """Lightning's subcommands; only the one being run when the arguments name it: each subcommand's parser
+        takes a few tenths of a second to build, paid by every command and every trial."""
+        every = LightningCLI.subcommands()
+        return {self.requested: every[self.requested]} if self.requested else every
 
     def add_arguments_to_parser(self, parser: Any) -> None:
         parser.link_arguments("data.num_classes", "model.net.init_args.num_classes", apply_on="instantiate")
@@ -110,12 +125,22 @@ class DepthCLI(LightningCLI):
                             help="Where an ablation's trials run.")
         parser.add_argument("--parallel", type=int, default=1,
                             help="Trials run at once by the local launcher (one per GPU, or CPU slots).")
-        parser.add_argument("--retry_failed", "--retry-failed", type=bool, default=False,
+        parser.add_argument("--fork_server", "--fork-server", type=bool, default=True,
+                            help="Local trials are forks of a process that has imported torch, Lightning and W&B, "
+                                 "sharing one W&B service; false: a fresh Python per trial, as on SLURM.")
+        # Flags: --retry-failed alone means true, as do --retry-failed true and retry_failed: true in a config.
+        parser.add_argument("--retry_failed", "--retry-failed", action=ActionYesNo, nargs="?", default=False,
                             help="Rerun trials of an ablation that failed before.")
-        parser.add_argument("--dry_run", "--dry-run", type=bool, default=False,
+        parser.add_argument("--dry_run", "--dry-run", action=ActionYesNo, nargs="?", default=False,
                             help="Print an ablation's trials with size and estimated time; train nothing.")
+        parser.add_argument("--ignore_queue", "--ignore-queue", action=ActionYesNo, nargs="?", default=False,
+                            help="Submit or launch even when SLURM's queue cannot be asked whether an earlier job "
+                                 "of the ablation still holds its trials.")
         parser.add_argument("--slurm", type=dict | None, default=None,
                             help="SLURM options over the ablation's slurm: section, e.g. '{partition: gpu}'.")
+        parser.add_argument(f"--{IMPORT_ALLOWLIST_KEY}", type=list[str], default=[],
+                            help="Import prefixes a config may name besides lightning_depth, torch, torchvision, "
+                                 "timm and lightning (configs are code: a class_path is imported and run).")
 
     def _parse_ckpt_path(self) -> None:
         # LightningCLI reads hyperparameters from --ckpt_path right after parsing: vet the file first. Evaluating
@@ -153,13 +178,18 @@ class DepthCLI(LightningCLI):
             shape = self._input_shape()
             if shape is not None:
                 self.model.example_input_array = torch.zeros(1, *shape)
+        plugins = self._get(self.config_init, "trainer", default={}).get("plugins")
+        plugins = [] if plugins is None else list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
+        if not any(isinstance(p, CheckpointIO) for p in plugins):
+            kwargs["plugins"] = [*plugins, AtomicCheckpointIO()]  # no checkpoint staged in $TMPDIR or half-written
         trainer = super().instantiate_trainer(**kwargs)
+        checkpoints = Path(trainer.default_root_dir) / CHECKPOINT_DIR
+        trainer.callbacks.append(Preemption(checkpoints, PREEMPTION_PREFIX))
         if trainer.loggers and not any(isinstance(c, LearningRateMonitor) for c in trainer.callbacks):
             trainer.callbacks.append(LearningRateMonitor())  # it refuses to run without a logger
         # ModelCheckpoint(save_last=True) refreshes last.ckpt only when a best checkpoint is saved; resuming
         # needs the latest epoch, so a second, unmonitored checkpoint overwrites last.ckpt every epoch.
-        trainer.callbacks.append(ModelCheckpoint(dirpath=str(Path(trainer.default_root_dir) / CHECKPOINT_DIR),
-                                                 filename="last", monitor=None, save_top_k=1,
+        trainer.callbacks.append(ModelCheckpoint(dirpath=str(checkpoints), filename="last", monitor=None, save_top_k=1,
                                                  enable_version_counter=False))
         return trainer
 
@@ -227,6 +257,7 @@ class DepthCLI(LightningCLI):
     def _finish(self) -> None:
         if self.trainer.is_global_zero:
             print_sync_hint(self.trainer.loggers)
+            finish_runs(self.trainer.loggers)  # a trial counts as done only once its W&B run is written
 
     def _log_run_config(self) -> None:
         cfg = self.config[self.subcommand]
@@ -263,13 +294,24 @@ def quiet_console() -> None:
             logger.addFilter(_QuietInfo())
 
 
+def allow_imports(extra: list[str]) -> None:
+    """jsonargparse refuses every import path a value names outside ``TRUSTED_IMPORTS`` and ``extra`` (its own
+    setting, process-wide; paths from code, such as type hints and defaults, are never checked)."""
+    set_parsing_settings(import_path_denylist=["*", *UNTRUSTED_WITHIN],
+                         import_path_allowlist=[*TRUSTED_IMPORTS, *extra])
+
+
 def run_cli(argv: list[str]) -> int:
     """Run a Trainer subcommand through LightningCLI; expected failures become one-line UsageErrors."""
     quiet_console()
+    allow_imports(import_allowlist(argv))
     try:
         DepthCLI(args=argv)
     except ArgumentError as err:
         raise UsageError(one_line(str(err))) from None
     except AblationExit as done:
         return done.code
+    except Diverged as err:
+        print(f"{err}; {RESULT_FILE} records it", file=sys.stderr)
+        return 1
     return 0

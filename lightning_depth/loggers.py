@@ -2,23 +2,28 @@
 
 from __future__ import annotations
 
+import netrc
 import os
 import sys
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 from lightning.pytorch.loggers import WandbLogger as _LightningWandbLogger
 
 
 def wandb_logged_in() -> bool:
-    """Whether an API key is available without asking (environment, netrc or the W&B settings file)."""
+    """Whether an API key is available without asking and without the network: the environment, or the netrc entry
+    ``wandb login`` writes for the W&B host. (``wandb.api.api_key`` is deprecated and warns on every use;
+    ``wandb.login`` contacts the server.)"""
     if os.environ.get("WANDB_API_KEY"):
         return True
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
     try:
-        import wandb
-
-        return bool(wandb.api.api_key)
-    except Exception:  # noqa: BLE001 - W&B settings that cannot be read mean: not logged in
+        entry = netrc.netrc(os.environ.get("NETRC") or Path.home() / ".netrc").authenticators(host or "")
+    except (OSError, netrc.NetrcParseError):  # no netrc, or one that cannot be read: not logged in
         return False
+    return bool(entry and entry[2])
 
 
 class WandbLogger(_LightningWandbLogger):
@@ -59,6 +64,7 @@ class WandbLogger(_LightningWandbLogger):
         if not offline and "WANDB_MODE" not in os.environ and not wandb_logged_in():
             offline = True
         self.offline_without_login = offline
+        quiet = offline or os.environ.get("WANDB_MODE") in ("offline", "dryrun")
         super().__init__(
             project=project,
             name=name,
@@ -72,22 +78,61 @@ class WandbLogger(_LightningWandbLogger):
             notes=notes,
             config=config,
             # Lightning's offline switch sets WANDB_MODE=dryrun, which current W&B no longer honours (it then asks
-            # for a login); the explicit mode works with every W&B release.
+            # for a login); the explicit mode works with every W&B release. Offline, W&B's own console lines only say
+            # where the files are: the CLI prints that once, with the sync command, when the run ends.
             **({"mode": "offline"} if offline else {}),
+            **({"settings": {"silent": True}} if quiet else {}),
         )
+        # Lightning always passes ``anonymous`` (None when unset), which current W&B answers with a warning that the
+        # setting has no effect; leaving it out when unset changes nothing else.
+        if self._wandb_init.get("anonymous") is None:
+            self._wandb_init.pop("anonymous", None)
+
+    @property
+    def started(self) -> bool:
+        """Whether the W&B run exists (W&B starts it on first use, so a command that logs nothing starts none)."""
+        return self._experiment is not None
 
     def sync_hint(self) -> str | None:
         """One line telling how to upload an offline run, or None when the run is online."""
         mode = os.environ.get("WANDB_MODE", "offline" if self._offline else "online")
         if mode not in ("offline", "dryrun"):
             return None
-        run_dir = os.path.join(self.save_dir or ".", "wandb")
-        return f"W&B is offline; upload this run later with: wandb sync {run_dir}/offline-run-*"
+        if self.started:
+            run_dir = os.path.dirname(os.path.abspath(self.experiment.dir))
+            relative = os.path.relpath(run_dir)
+            run_dir = run_dir if relative.startswith("..") else relative
+        else:
+            run_dir = os.path.join(self.save_dir or ".", "wandb", "offline-run-*")
+        return f"W&B is offline; upload this run later with: wandb sync {run_dir}"
 
 
 def print_sync_hint(loggers: list[Any]) -> None:
+    """The sync command of every offline W&B run that this process started, one line each."""
     for logger in loggers:
-        if isinstance(logger, WandbLogger):
+        if isinstance(logger, WandbLogger) and logger.started:
             hint = logger.sync_hint()
             if hint:
                 print(hint, file=sys.stderr)
+
+
+def finish_runs(loggers: list[Any]) -> None:
+    """Finish every W&B run this process started, which waits until W&B has written all of it: the run is complete
+    on disk when the command ends, even where the W&B service outlives the command (one service for a sweep)."""
+    for logger in loggers:
+        if isinstance(logger, WandbLogger) and logger.started:
+            logger.experiment.finish()
+
+
+def finish_preempted(loggers: list[Any]) -> None:
+    """Mark every W&B run as preempted and finish it, which waits until W&B has written everything logged so far.
+
+    Called before a job is requeued: SLURM then ends every process of the job, the W&B service among them, and
+    whatever the service had not written yet would be lost. The resumed run continues the same W&B run.
+    """
+    for logger in loggers:
+        if isinstance(logger, _LightningWandbLogger):
+            run = logger.experiment
+            if hasattr(run, "mark_preempting"):
+                run.mark_preempting()
+                run.finish(exit_code=1)

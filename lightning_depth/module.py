@@ -36,6 +36,15 @@ def _num_classes(net: nn.Module) -> int:
     return linears[-1].out_features
 
 
+# Every metric ImageClassifier logs, by the command that logs it (train/aux_loss only for networks with auxiliary
+# classifiers). An ablation's report metric must be one that fit logs: the driver checks it before anything trains.
+LOGGED_METRICS = {
+    "fit": ("train/loss", "train/acc1", "train/aux_loss", "train/samples_per_sec", "val/loss", "val/acc1", "val/acc5",
+            "val/acc1_best"),
+    "test": ("test/loss", "test/acc1", "test/acc5"),
+}
+
+
 class ImageClassifier(LightningModule):
     """Trains an image classifier with cross-entropy, GoogLeNet's auxiliary losses and top-1/top-5 metrics.
 
@@ -174,7 +183,8 @@ class ImageClassifier(LightningModule):
         if elapsed > 0 and self._epoch_samples:
             self.log("train/samples_per_sec", self._epoch_samples / elapsed, sync_dist=True, reduce_fx="sum")
 
-    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        """Returns the logits, for callbacks that keep per-example evidence (Lightning does not accumulate them)."""
         x, y = batch
         logits = self(x)
         self.val_loss.update(F.cross_entropy(logits, y))
@@ -183,6 +193,7 @@ class ImageClassifier(LightningModule):
         self.log("val/loss", self.val_loss, on_epoch=True, prog_bar=True)
         self.log("val/acc1", self.val_acc1, on_epoch=True, prog_bar=True)
         self.log("val/acc5", self.val_acc5, on_epoch=True)
+        return logits
 
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking:
@@ -190,7 +201,7 @@ class ImageClassifier(LightningModule):
         self.val_acc1_best(self.val_acc1.compute())
         self.log("val/acc1_best", self.val_acc1_best.compute(), prog_bar=True)
 
-    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         x, y = batch
         logits = self(x)
         self.test_loss.update(F.cross_entropy(logits, y))
@@ -199,6 +210,7 @@ class ImageClassifier(LightningModule):
         self.log("test/loss", self.test_loss, on_epoch=True)
         self.log("test/acc1", self.test_acc1, on_epoch=True)
         self.log("test/acc5", self.test_acc5, on_epoch=True)
+        return logits
 
     def predict_step(self, batch: Any, batch_idx: int) -> Tensor:
         x = batch[0] if isinstance(batch, (tuple, list)) else batch

@@ -13,9 +13,10 @@ PACKAGE = Path(__file__).resolve().parents[1] / "lightning_depth"
 # Lowest first. A module's layer is that of the longest prefix listed here.
 LAYERS = [
     ("utilities", ["lightning_depth", "lightning_depth.errors", "lightning_depth.fmt", "lightning_depth.metrics",
-                   "lightning_depth.atomic"]),
+                   "lightning_depth.atomic", "lightning_depth.evidence"]),
     ("models, data", ["lightning_depth.models", "lightning_depth.data"]),
-    ("module, callbacks", ["lightning_depth.module", "lightning_depth.callbacks", "lightning_depth.loggers"]),
+    ("module, callbacks", ["lightning_depth.module", "lightning_depth.callbacks", "lightning_depth.loggers",
+                           "lightning_depth.evidence_callback", "lightning_depth.checkpoints"]),
     ("run plumbing", ["lightning_depth.runs"]),
     ("ablation", ["lightning_depth.ablation"]),
     ("commands", ["lightning_depth.cli", "lightning_depth.commands", "lightning_depth.bench",

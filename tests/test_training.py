@@ -14,6 +14,7 @@ import pytest
 import torch
 import yaml
 
+from lightning_depth.evidence import evidence_path, load_evidence
 from tests.helpers.cli import ROOT, cli, cli_in_process
 from tests.helpers.wandb_records import offline_runs, read_run
 
@@ -123,6 +124,10 @@ def test_ddp_on_cpu_with_two_processes_trains_with_one_wandb_run(tmp_path, tiny_
     assert len(wandb_files) == 1, "one W&B run per training run, not one per rank"
     history = read_run(wandb_files[0]).history
     assert any("val/acc1" in row for row in history)
+    # Per-example evidence gathered from both ranks: each rank's 2 batches of 32 from its interleaved shard.
+    evidence = load_evidence(evidence_path(run, "val_final"))
+    assert evidence.index.tolist() == list(range(128))
+    assert evidence.hits().mean() == pytest.approx(result["metrics"]["val/acc1"]["final"])
 
 
 def _val_acc_by_hand(run: Path) -> float:

@@ -4,8 +4,10 @@ The lifecycle is setup -> launch -> collect -> analyze, and every step leaves fi
 
 - :mod:`~lightning_depth.ablation.spec` turns the experiment file's ``ablation:`` section into arms and trials
   (pure, deterministic) and gives each trial a stable, content-addressed id;
-- :mod:`~lightning_depth.ablation.run` plans every trial's configuration, writes it to disk and launches the trials
-  (:mod:`~lightning_depth.ablation.launch_local`, or a SLURM array job through :mod:`~lightning_depth.ablation.slurm`);
+- :mod:`~lightning_depth.ablation.run` plans every trial's configuration, refuses bad input before anything is
+  written (:mod:`~lightning_depth.ablation.checks`), writes it to disk and launches the trials
+  (:mod:`~lightning_depth.ablation.launch_local`, or a SLURM array job through :mod:`~lightning_depth.ablation.slurm`),
+  leaving alone the trials a live process or SLURM job holds (:mod:`~lightning_depth.ablation.liveness`);
 - :mod:`~lightning_depth.ablation.ledger` is the on-disk layout: ``ablation.json``, and per trial ``trial.json``,
   ``state.json`` (atomic, lock-free), ``result.json`` and Lightning's ``metrics.csv``;
 - :mod:`~lightning_depth.ablation.stats` computes mean ± std over seeds and seed-paired deltas with t intervals;

@@ -4,7 +4,8 @@ Layout (``<dir>`` is the ablation directory)::
 
     <dir>/ablation.json         name, design, metric, baseline arm, factors, trial ids in launch order
     <dir>/<trial id>/trial.json id, arm, seed, overrides, is_baseline
-    <dir>/<trial id>/state.json pending | running | done | failed, reason, attempts, updated, host, pid, slurm_job
+    <dir>/<trial id>/state.json pending | running | done | diverged | failed, reason, attempts, updated, host, pid,
+                                slurm_job, heartbeat (refreshed while the trial trains)
     <dir>/<trial id>/config.yaml, result.json, csv/version_*/metrics.csv
 
 Each trial's state has its own file, written by one process at a time (the driver before launch, then the trial
@@ -32,9 +33,18 @@ from lightning_depth.atomic import write_json
 from lightning_depth.errors import UsageError
 from lightning_depth.metrics import RESULT_FILE
 
-State = Literal["pending", "running", "done", "failed"]
-STATES: tuple[str, ...] = ("pending", "running", "done", "failed")
+# diverged: training stopped on a non-finite loss or metric; a result (result.json says where), not a crash, and
+# never a value to compare.
+State = Literal["pending", "running", "done", "diverged", "failed"]
+STATES: tuple[str, ...] = ("pending", "running", "done", "diverged", "failed")
+# interrupted: the ledger says running, but the trial's process or SLURM job is gone (``liveness`` decides); never
+# written to disk, a relaunch resumes such a trial.
+INTERRUPTED = "interrupted"
+_AFTER_RUNNING = STATES.index("running") + 1
+SHOWN_STATES: tuple[str, ...] = (*STATES[:_AFTER_RUNNING], INTERRUPTED, *STATES[_AFTER_RUNNING:])
 ABLATION_FILE, TRIAL_FILE, STATE_FILE = "ablation.json", "trial.json", "state.json"
+# Exit code of ``trial DIR`` when another process holds the trial: not a failure of the trial.
+ALREADY_RUNNING_EXIT = 3
 NOT_FOUND = (
     "no ablation found under {}; expected ablation.json written by `fit --config FILE` with an ablation: section"
 )
@@ -51,6 +61,7 @@ class TrialState:
     host: str | None = None
     pid: int | None = None
     slurm_job: str | None = None
+    heartbeat: str | None = None
 
 
 @dataclass
@@ -65,10 +76,16 @@ class Trial:
     is_baseline: bool = False
     state: TrialState | None = None
     result: dict[str, Any] | None = None
+    interrupted: str | None = None  # why a running trial is not running any more (set by ``liveness``)
 
     @property
     def status(self) -> str:
-        """The trial's state; a trial with a result but no state file (written by hand) counts as done."""
+        """The trial's state; a trial with a result but no state file (written by hand) counts as done, and a result
+        that says it diverged is diverged whatever the state file says."""
+        if self.result is not None and self.result.get("status") == "diverged":
+            return "diverged"
+        if self.interrupted is not None:
+            return INTERRUPTED
         if self.state is not None:
             return self.state.state
         return "done" if self.result is not None else "pending"
@@ -124,8 +141,11 @@ def write_trial(directory: str | os.PathLike, trial_id: str, arm: Arm, seed: int
     path.mkdir(parents=True, exist_ok=True)
     write_json(path / TRIAL_FILE, {"id": trial_id, "arm": arm.name, "seed": seed,
                                           "overrides": arm.overrides, "is_baseline": arm.is_baseline})
-    if read_state(path) is None:
-        write_state(path, "pending")
+    try:
+        if read_state(path) is None:
+            write_state(path, "pending")
+    except ValueError:  # a damaged state.json stays as it is, for its owner to see; the driver reports it
+        pass
 
 
 def read_state(trial_dir: str | os.PathLike) -> TrialState | None:
@@ -166,16 +186,33 @@ def write_state(trial_dir: str | os.PathLike, state: State, reason: str | None =
 def mark_running(trial_dir: str | os.PathLike) -> TrialState:
     """A new attempt starts; inside a SLURM job its id is recorded so ``status`` can ask the queue about it."""
     previous = read_state(trial_dir)
-    extra: dict[str, Any] = {"attempts": (previous.attempts if previous else 0) + 1}
+    extra: dict[str, Any] = {"attempts": (previous.attempts if previous else 0) + 1,
+                             "heartbeat": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     job = _slurm_job_from_env()
     if job:
         extra["slurm_job"] = job
     return write_state(trial_dir, "running", **extra)
 
 
+def beat(trial_dir: str | os.PathLike) -> None:
+    """Refresh the heartbeat of this process's running trial; a state written since by anyone else is left alone."""
+    path = Path(trial_dir) / STATE_FILE
+    try:
+        record = _read_json(path)
+    except ValueError:
+        return
+    if isinstance(record, Mapping) and record.get("state") == "running" and record.get("pid") == os.getpid():
+        write_json(path, {**record, "heartbeat": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+
+
 def mark_done(trial_dir: str | os.PathLike) -> TrialState:
     """The trial finished and wrote its ``result.json``."""
     return write_state(trial_dir, "done")
+
+
+def mark_diverged(trial_dir: str | os.PathLike, reason: str) -> TrialState:
+    """Training stopped on a non-finite loss or metric; ``reason`` names it and the step."""
+    return write_state(trial_dir, "diverged", reason=reason)
 
 
 def mark_failed(trial_dir: str | os.PathLike, reason: str) -> TrialState:
@@ -247,16 +284,19 @@ def _load_trial(trial_id: str, directory: Path) -> Trial:
 
 def _read_json(path: Path, required: bool = False) -> Any:
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:
             return json.load(f)
     except FileNotFoundError:
         if required:
             raise UsageError(NOT_FOUND.format(path.parent)) from None
         return None
-    except json.JSONDecodeError as err:
-        if required:
-            raise UsageError(f"{path}: not valid JSON ({err})") from None
-        raise ValueError(f"{path}: not valid JSON ({err})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        problem = f"{path}: not valid JSON ({err})"
+    except OSError as err:  # a teammate's file without group read permission, a directory in its place
+        problem = f"{path}: cannot be read ({err.strerror})"
+    if required:
+        raise UsageError(problem)
+    raise ValueError(problem)
 
 
 def _read_json_or_none(path: Path) -> Any:

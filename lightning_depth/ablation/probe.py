@@ -1,30 +1,58 @@
-"""``--dry-run``: the expanded matrix with each arm's size and a time estimate from a short timing probe."""
+"""``--dry-run``: the expanded matrix with each arm's size and a time estimate from a short timing probe.
+
+The data is never required: where it is not there yet, each arm is sized and its step timed on random batches of the
+data module's shape, and the table says that the total needs the data.
+"""
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import math
+import os
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
+from jsonargparse import Namespace
 
 from lightning_depth import fmt
+from lightning_depth.ablation import launch_local, ledger
+from lightning_depth.data.synthetic import RandomImages
+from lightning_depth.errors import UsageError
+from lightning_depth.models import logits_and_aux
+from lightning_depth.models.complexity import profile_model
+from lightning_depth.runs import one_line
 
 PROBE_STEPS = 3
+STARTUP_RUNS = 2  # through a fork server: the first trial also waits for the server's imports
 
 
 def probe_arm(parser: Any, cfg: Any) -> dict[str, Any]:
-    """Parameters, multiply-adds and the measured seconds per training step of one arm's configuration."""
-    from lightning_depth.models import logits_and_aux
-    from lightning_depth.models.complexity import profile_model
-
-    init = parser.instantiate_classes(cfg)
+    """Parameters, multiply-adds and the measured seconds per training step of one arm's configuration; without
+    the data, ``missing`` says why and the step is timed on random batches of the data's shape."""
+    init, missing = None, None
+    try:
+        init = parser.instantiate_classes(cfg)
+        init.data.setup("fit")
+        loader = init.data.train_dataloader()
+    except UsageError as err:  # the data module was built; its data is not there
+        missing = str(err)
+    except ValueError as err:  # a data module that reads its folders when built (ImageFolder) refused
+        init, missing = None, one_line(str(err))
+    if missing is not None and init is not None:  # the model was built: only the batches are stand-ins
+        loader = RandomImages(**_data_shape(cfg, init.data)).train_dataloader()
+    elif missing is not None:  # the model is built beside a stand-in data module, which gives it its classes
+        stand_in = cfg.clone()
+        stand_in.data = Namespace(class_path=f"{RandomImages.__module__}.{RandomImages.__qualname__}",
+                                  init_args=Namespace(**_data_shape(cfg, None)))
+        init = parser.instantiate_classes(stand_in)
+        loader = init.data.train_dataloader()
     model, data = init.model, init.data
-    data.setup("fit")
-    loader = data.train_dataloader()
     x, y = next(iter(loader))
-    size = x.shape[-1]
-    stats = profile_model(model.net, size, in_channels=x.shape[1])
+    stats = profile_model(model.net, x.shape[-1], in_channels=x.shape[1])
     optimizer = model.optimizer_factory(model._param_groups())
     model.train()
     seconds = []
@@ -38,10 +66,27 @@ def probe_arm(parser: Any, cfg: Any) -> dict[str, Any]:
         if step:  # the first step pays one-off allocation costs
             seconds.append(time.perf_counter() - start)
     step_s = sorted(seconds)[len(seconds) // 2]
-    steps = _planned_steps(cfg, len(loader))
-    val_batches = len(data.val_dataloader()) * _epochs(cfg, steps, len(loader))
-    return {"params": stats.params, "macs": stats.macs, "step_s": step_s,
-            "estimate_s": steps * step_s + val_batches * step_s / 3}
+    probe = {"params": stats.params, "macs": stats.macs, "step_s": step_s, "batch": tuple(x.shape),
+             "missing": missing, "estimate_s": None}
+    if missing is None:
+        steps = _planned_steps(cfg, len(loader))
+        val_batches = len(data.val_dataloader()) * _epochs(cfg, steps, len(loader))
+        probe["estimate_s"] = steps * step_s + val_batches * step_s / 3
+    return probe
+
+
+def _data_shape(cfg: Any, data: Any) -> dict[str, int]:
+    """Classes, image side, channels and batch size of the configured data: from the data module where it could be
+    built, else from its arguments, with the network's own default number of classes."""
+    if data is not None:
+        return {"num_classes": data.num_classes, "image_size": getattr(data, "image_size", 224),
+                "in_channels": getattr(data, "in_channels", 3), "batch_size": data.batch_size}
+    args = cfg.data.get("init_args") or Namespace()
+    module, _, name = cfg.model.net.class_path.rpartition(".")
+    default = inspect.signature(getattr(importlib.import_module(module), name)).parameters.get("num_classes")
+    classes = default.default if default is not None and isinstance(default.default, int) else 1000
+    return {"num_classes": classes, "image_size": args.get("image_size") or 224, "in_channels": 3,
+            "batch_size": args.get("batch_size") or 1}
 
 
 def _epochs(cfg: Any, steps: int, per_epoch: int) -> int:
@@ -63,20 +108,106 @@ def _planned_steps(cfg: Any, per_epoch: int) -> int:
     return by_epochs if max_steps < 0 else min(by_epochs, max_steps)
 
 
-def print_dry_run(parser: Any, planned: list[Any]) -> None:
-    """One row per trial: id, arm, seed, overrides, params, multiply-adds, estimated time."""
+def measure_startup(parser: Any, trial: Any, fork_server: bool = True) -> dict[str, Any]:
+    """A trial's start-up on this machine, measured: its configuration run for zero training steps in a temporary
+    directory, W&B offline, started as the local launcher starts it. ``per_trial_s``: the process's time besides its
+    fit (starting, parsing, reading the data, W&B, exiting); ``once_s``: what the first trial of a sweep waits for
+    besides (a fork server's own imports; it runs two trials to tell them apart); ``error``: why nothing was
+    measured. Call it before anything in this process computes: the fork server is forked from it."""
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    env.pop("WANDB_DIR", None)  # the probe's W&B files stay in its temporary directory
+    seconds: list[float] = []
+    with tempfile.TemporaryDirectory(prefix="lightning_depth_startup_") as tmp:
+        starter = launch_local.runner(fork_server)
+        try:
+            for key in range(STARTUP_RUNS if fork_server else 1):
+                trial_dir = Path(tmp) / f"trial{key}"
+                trial_dir.mkdir()
+                cfg = trial.config.clone()
+                cfg.trainer.default_root_dir = str(trial_dir)
+                cfg.trainer.max_steps = 0
+                (trial_dir / "config.yaml").write_text(parser.dump(cfg, skip_check=True))
+                start = time.perf_counter()
+                starter.start(key, trial_dir, env)
+                while (code := starter.poll(key)) is None:
+                    starter.wait(0.05)
+                process_s = time.perf_counter() - start
+                fit_s = (ledger.read_result(trial_dir) or {}).get("wall_time_s")
+                if code != 0 or not isinstance(fit_s, (int, float)):
+                    state = ledger.read_state(trial_dir)
+                    return {"error": state.reason if state is not None and state.reason else f"exit code {code}"}
+                seconds.append(process_s - fit_s)
+        finally:
+            starter.close()
+    return {"per_trial_s": seconds[-1], "once_s": max(seconds[0] - seconds[-1], 0.0), "how": starter.how}
+
+
+def sweep_seconds(trial_s: list[float], startup: dict[str, Any], slots: int, gpus: int) -> float:
+    """The sweep's wall time with ``slots`` trials at once, started in order as the launcher starts them. On GPUs
+    (one per slot) trials overlap whole; CPU slots split the cores, so training takes as long as one at a time and
+    only the start-ups, mostly one core's work, overlap (an optimistic bound: small networks often use N cores less
+    than N times as well, and then slots gain more)."""
+    per, once = startup.get("per_trial_s", 0.0), startup.get("once_s", 0.0)
+    if not gpus:
+        return once + sum(trial_s) + per * len(trial_s) / slots
+    ends = [0.0] * min(slots, gpus)
+    for seconds in trial_s:
+        ends[ends.index(min(ends))] += seconds + per
+    return once + max(ends)
+
+
+def print_dry_run(parser: Any, planned: list[Any], parallel: int = 1, fork_server: bool = True) -> None:
+    """One row per trial: id, arm, seed, overrides, params, multiply-adds, time per step, estimated time (start-up
+    included); then the sweep's time one at a time and with ``parallel`` (or a natural number of) slots."""
+    # First: the fork server is forked from this process, which must not have run a parallel op yet.
+    startup = measure_startup(parser, planned[0], fork_server) if planned else {"error": "no trials"}
     probes: dict[str, dict[str, Any]] = {}
     for trial in planned:
         if trial.arm.name not in probes:
             probes[trial.arm.name] = probe_arm(parser, trial.config)
-    header = ["trial", "arm", "seed", "overrides", "params", "multiply-adds", "est. time"]
+    header = ["trial", "arm", "seed", "overrides", "params", "multiply-adds", "step", "est. time"]
     rows = []
     for trial in planned:
         p = probes[trial.arm.name]
         overrides = ", ".join(f"{k}={v}" for k, v in trial.arm.overrides.items())
+        estimate = (fmt.duration(p["estimate_s"] + startup.get("per_trial_s", 0.0)) if p["missing"] is None
+                    else "needs data")
         rows.append([trial.id, trial.arm.name + (" (baseline)" if trial.arm.is_baseline else ""), str(trial.seed),
-                     overrides, fmt.count(p["params"]), fmt.count(p["macs"]), fmt.duration(p["estimate_s"])])
+                     overrides, fmt.count(p["params"]), fmt.count(p["macs"]), _step(p["step_s"]), estimate])
     print("\n".join(fmt.table(header, rows)))
-    total = sum(probes[t.arm.name]["estimate_s"] for t in planned)
-    print(f"\n{len(planned)} trials, {len(probes)} arms; estimated {fmt.duration(total)} run one at a time "
-          f"(probe: median of {PROBE_STEPS} training steps per arm on this machine). Nothing was trained.")
+    missing = [p for p in probes.values() if p["missing"] is not None]
+    if missing:
+        batch = "x".join(map(str, missing[0]["batch"]))
+        print(f"\nThe data is not there ({missing[0]['missing']}): each step was timed on random {batch} batches "
+              "of its shape, and the total time needs the data's size. Fetch the data and run --dry-run again for it.")
+    trial_s = [probes[t.arm.name]["estimate_s"] or 0.0 for t in planned]
+    print(f"\n{_startup_line(startup)}")
+    print(f"\n{len(planned)} trials, {len(probes)} arms"
+          + (f"; estimated {fmt.duration(sweep_seconds(trial_s, startup, 1, 0))} run one at a time"
+             if not missing else "")
+          + f" (probe: median of {PROBE_STEPS} training steps per arm on this machine). Nothing was trained.")
+    if not missing and planned:
+        print(_parallel_line(trial_s, startup, parallel, planned[0].config))
+
+
+def _startup_line(startup: dict[str, Any]) -> str:
+    if "error" in startup:
+        return f"Start-up per trial not measured: a trial of the first arm could not start ({startup['error']})."
+    once = f"; the first trial also waits {startup['once_s']:.1f} s for the server" if startup["once_s"] else ""
+    return (f"Start-up per trial: {startup['per_trial_s']:.1f} s, measured (the first trial's configuration run for 0 "
+            f"steps, as {startup['how']}{once}); included above.")
+
+
+def _parallel_line(trial_s: list[float], startup: dict[str, Any], parallel: int, cfg: Any) -> str:
+    """The sweep's time with ``--parallel N``: the N given, else one slot per GPU, else two CPU slots."""
+    accelerator = str(cfg.trainer.get("accelerator") or "auto")
+    gpus = torch.cuda.device_count() if accelerator in ("gpu", "cuda", "auto") else 0
+    slots = parallel if parallel > 1 else max(gpus, 2)
+    where = (f"one GPU each of {gpus}" if gpus and slots <= gpus else f"{gpus} GPUs shared" if gpus
+             else f"CPU slots sharing {os.cpu_count() or 1} cores, threads split")
+    return (f"With --parallel {slots} ({where}): about {fmt.duration(sweep_seconds(trial_s, startup, slots, gpus))}"
+            + ("" if gpus else ": on a CPU, slots overlap the start-ups and the training takes as long") + ".")
+
+
+def _step(seconds: float) -> str:
+    return f"{seconds * 1000:.0f} ms" if seconds < 1 else f"{seconds:.2f} s"

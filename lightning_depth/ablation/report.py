@@ -3,6 +3,10 @@
 Reads only the trial directories (``result.json``, ``state.json``), so it works offline, on partial results while
 trials are still running, and from any machine that sees the directory. :mod:`render` turns a :class:`Report` into
 text, :mod:`plots` into figures.
+
+Every number says what it rests on: per arm the values used (``n``) and the trials in each state, per Δ the seed
+pairs, and whether the means and the Δ rest on the same seeds. A running trial whose process or job is gone counts
+as interrupted (:mod:`liveness`).
 """
 
 from __future__ import annotations
@@ -12,9 +16,11 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from lightning_depth.ablation.ledger import STATES, Ablation, Trial, find_ablation, load_ablation
+from lightning_depth.ablation.ledger import SHOWN_STATES, Ablation, Trial, find_ablation, load_ablation
+from lightning_depth.ablation.liveness import mark_interrupted
 from lightning_depth.ablation.stats import CI_LABEL, mean_std, paired_delta
 from lightning_depth.errors import UsageError
+from lightning_depth.evidence import SOURCES, evidence_path, load_evidence
 from lightning_depth.metrics import BEST_SUFFIX
 
 
@@ -28,6 +34,9 @@ class MetricStats:
     delta: float | None = None
     ci95: tuple[float, float] | None = None
     n_paired: int = 0
+    # The means (this arm's and the baseline's) use exactly the seeds the Δ pairs; False when either has others.
+    same_seeds: bool = True
+    pairs_equal: bool = False  # every paired difference is the same: no interval (stats.paired_delta)
 
 
 @dataclass
@@ -36,15 +45,17 @@ class ArmReport:
 
     name: str
     is_baseline: bool
-    counts: dict[str, int]
+    counts: dict[str, int]  # trials per state (ledger.SHOWN_STATES)
     params: int | None = None
     macs: int | None = None
     wall_time_s: float | None = None
     metrics: dict[str, MetricStats] = field(default_factory=dict)
+    n: int = 0  # values of the report's metric the arm's numbers rest on (a done trial may lack it)
 
     @property
-    def n(self) -> int:
-        return self.counts.get("done", 0)
+    def unfinished(self) -> int:
+        """Trials without an outcome yet: pending, running or interrupted."""
+        return sum(self.counts.get(s, 0) for s in SHOWN_STATES if s not in ("done", "diverged", "failed"))
 
 
 @dataclass
@@ -59,11 +70,13 @@ class Report:
     percent: set[str]
     totals: dict[str, int]
     ci: str = CI_LABEL
+    examples: dict[str, int] = field(default_factory=dict)  # accuracy key -> examples it is measured on, where known
 
 
 def build_report(ablation_dir: str | os.PathLike, metric: str | None = None) -> Report:
     """Collect every arm's results; ``metric`` defaults to the ablation's own (``val/acc1`` unless it chose another)."""
     ablation = load_ablation(find_ablation(ablation_dir))
+    mark_interrupted(ablation)
     metric = metric or ablation.metric
     values = {t.id: _trial_values(t) for t in ablation.trials if t.status == "done"}
     keys = _ordered_keys(metric, {k for v in values.values() for k in v})
@@ -83,9 +96,27 @@ def build_report(ablation_dir: str | os.PathLike, metric: str | None = None) -> 
         arm.wall_time_s = sum(walls) / len(walls) if walls else None
         for key in keys:
             arm.metrics[key] = _metric_stats(per_key.get(key, {}), base_values.get(key, {}), name == baseline)
+        shown = arm.metrics.get(metric) or arm.metrics.get(metric + BEST_SUFFIX)
+        arm.n = shown.n if shown is not None else 0
         arms.append(arm)
     percent = {k for k in keys if is_fraction_accuracy(k, [v[k] for v in values.values() if k in v])}
-    return Report(ablation, metric, baseline, arms, keys, percent, _counts(ablation.trials))
+    done = [t for t in ablation.trials if t.id in values]
+    return Report(ablation, metric, baseline, arms, keys, percent, _counts(ablation.trials),
+                  examples=_examples(done, percent))
+
+
+def _examples(done: list[Trial], keys: set[str]) -> dict[str, int]:
+    """How many examples each accuracy was measured on, from the first finished trial that kept per-example
+    evidence: one example is then 1/N of the accuracy, the resolution of every number in its column."""
+    out = {}
+    for key in keys:
+        for trial in done:
+            source = SOURCES.get(key)
+            evidence = load_evidence(evidence_path(trial.dir, source[0])) if source else None
+            if evidence is not None:
+                out[key] = int(evidence.index.size)
+                break
+    return out
 
 
 
@@ -125,11 +156,13 @@ def _metric_stats(arm: dict[int, float], baseline: dict[int, float], is_baseline
     delta = None if is_baseline else paired_delta(arm, baseline)
     if delta is not None:
         stats.delta, stats.ci95, stats.n_paired = delta.mean, delta.ci, delta.n
+        stats.same_seeds = set(arm) == set(baseline) == set(delta.seeds)
+        stats.pairs_equal = delta.equal
     return stats
 
 
 def _counts(trials: list[Trial]) -> dict[str, int]:
-    return {state: sum(t.status == state for t in trials) for state in STATES}
+    return {state: sum(t.status == state for t in trials) for state in SHOWN_STATES}
 
 
 def is_fraction_accuracy(key: str, values: list[float]) -> bool:

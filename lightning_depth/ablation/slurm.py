@@ -4,6 +4,13 @@ Each array task runs ``srun <python> -m lightning_depth trial <trial dir>``; the
 ``config.yaml``, so no configuration value ever reaches a shell. The script is rendered from a template
 (``templates/ablation.sbatch`` next to this module, also at ``slurm/ablation.sbatch`` in the repository) whose
 ``{{...}}`` placeholders are filled here.
+
+Layout under ``<ablation dir>/slurm/``: submission *n* writes ``trials-<n>.txt`` (task *i* runs line *i + 1*) and
+``ablation-<n>.sbatch`` (naming that list) before ``sbatch`` runs, and ``jobs.txt`` gains ``<job id> <count>
+trials-<n>.txt``. A list is never rewritten, so a task that waits in the queue runs the trial it was submitted for.
+
+The queue is asked before every submission and fails closed: when ``squeue`` is missing, times out or errs while an
+earlier job of the ablation may still hold trials, nothing is submitted unless the caller says to go ahead anyway.
 """
 
 from __future__ import annotations
@@ -22,11 +29,16 @@ from typing import Any
 
 import yaml
 
+from lightning_depth.atomic import write_atomic
 from lightning_depth.errors import UsageError
 
 PLACEHOLDERS = ("SBATCH", "SETUP", "TRIALS", "PYTHON", "MAX_REQUEUES")
 # Without MAX_REQUEUES a trial that is preempted on every attempt would requeue itself for ever.
 REQUIRED_PLACEHOLDERS = ("SBATCH", "TRIALS", "PYTHON", "MAX_REQUEUES")
+JOBS_FILE = "jobs.txt"
+# Before per-submission lists, every job read this one file.
+SHARED_TRIALS_FILE = "trials.txt"
+SQUEUE_TIMEOUT_S = 30.0
 # Job states in which a task still holds, or will again hold, a trial directory.
 ACTIVE_STATES = frozenset({"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED", "REQUEUE_FED",
                            "REQUEUE_HOLD", "RESIZING", "SUSPENDED", "SIGNALING", "STAGE_OUT", "STOPPED"})
@@ -173,11 +185,13 @@ def derive_resources(trainer_cfg: Mapping[str, Any], options: SlurmOptions) -> R
 
 
 def render_script(ablation_dir: Path, trial_dirs: Sequence[Path], options: SlurmOptions,
-                  trainer_cfg: Mapping[str, Any]) -> str:
-    """The sbatch script for an array over ``trial_dirs`` (task i runs line i+1 of ``slurm/trials.txt``)."""
+                  trainer_cfg: Mapping[str, Any], trials_file: Path | None = None) -> str:
+    """The sbatch script for an array over ``trial_dirs``: task i runs line i+1 of ``trials_file`` (by default the
+    list of the next submission, ``slurm/trials-<n>.txt``)."""
     if not trial_dirs:
         raise UsageError("nothing to submit: every trial is already done")
     ablation_dir = Path(ablation_dir).absolute()
+    trials_file = Path(trials_file or trial_list(ablation_dir, next_submission(ablation_dir))).absolute()
     cwd = Path.cwd()
     for path in (ablation_dir, cwd, *trial_dirs):
         if any(ch in str(path) for ch in "\n\r\\"):
@@ -207,7 +221,7 @@ def render_script(ablation_dir: Path, trial_dirs: Sequence[Path], options: Slurm
     values = {
         "SBATCH": "\n".join(f"#SBATCH {line}" for line in sbatch),
         "SETUP": "\n".join(options.setup) if options.setup else ":",
-        "TRIALS": shlex.quote(str(ablation_dir / "slurm" / "trials.txt")),
+        "TRIALS": shlex.quote(str(trials_file)),
         "PYTHON": shlex.quote(options.python or sys.executable),
         "MAX_REQUEUES": str(options.max_requeues),
     }
@@ -215,62 +229,174 @@ def render_script(ablation_dir: Path, trial_dirs: Sequence[Path], options: Slurm
     return re.sub(r"\{\{(\w+)\}\}", lambda m: values[m[1]], _template_text(options.template))
 
 
-def submit(ablation_dir: Path, trial_dirs: Sequence[Path], options: SlurmOptions,
-           trainer_cfg: Mapping[str, Any]) -> str:
-    """Writes ``<ablation_dir>/slurm/trials.txt`` and ``ablation.sbatch``, runs sbatch, returns the job id.
+@dataclass(frozen=True)
+class Submission:
+    """A checked submission, not yet written: the ablation's files stay as they are until :func:`send`."""
 
-    Refuses while an earlier array job of this ablation is still queued: the same trial would run twice, and its
-    tasks would read the rewritten trials.txt.
+    ablation_dir: Path
+    trial_dirs: list[Path]
+    number: int
+    script: str
+
+    @property
+    def trials_file(self) -> Path:
+        return trial_list(self.ablation_dir, self.number)
+
+    @property
+    def script_file(self) -> Path:
+        return self.ablation_dir / "slurm" / f"ablation-{self.number}.sbatch"
+
+
+def prepare(ablation_dir: Path, trial_dirs: Sequence[Path], options: SlurmOptions, trainer_cfg: Mapping[str, Any],
+            ignore_queue: bool = False, trial_trainers: Mapping[Path, Mapping[str, Any]] | None = None) -> Submission:
+    """Checks everything a submission needs, the queue included, and writes nothing.
+
+    ``trial_trainers`` are the trials' own trainer sections (default: read from their ``config.yaml``).
     """
     ablation_dir = Path(ablation_dir).absolute()
     trial_dirs = [Path(t).absolute() for t in trial_dirs]
-    _check_trials_agree(trial_dirs, trainer_cfg)
-    script = render_script(ablation_dir, trial_dirs, options, trainer_cfg)
-    sbatch = shutil.which("sbatch")
-    if sbatch is None:
+    _check_trials_agree(trial_dirs, trainer_cfg, trial_trainers)
+    number = next_submission(ablation_dir)
+    script = render_script(ablation_dir, trial_dirs, options, trainer_cfg, trial_list(ablation_dir, number))
+    if shutil.which("sbatch") is None:
         raise UsageError("sbatch not found: submit from a SLURM login node, or run with --launcher local")
-    slurm_dir = ablation_dir / "slurm"
-    active = {job: state for job, state in queue_states(submitted_jobs(ablation_dir)).items()
-              if state in ACTIVE_STATES}
+    check_queue_clear(ablation_dir, ignore_queue)
+    return Submission(ablation_dir, trial_dirs, number, script)
+
+
+def send(submission: Submission) -> str:
+    """Writes the submission's trial list and script, runs sbatch, records the job; returns the job id."""
+    slurm_dir = submission.ablation_dir / "slurm"
+    (slurm_dir / "logs").mkdir(parents=True, exist_ok=True)
+    write_atomic(submission.trials_file, "".join(f"{t}\n" for t in submission.trial_dirs))
+    write_atomic(submission.script_file, submission.script)
+    sbatch = shutil.which("sbatch") or "sbatch"
+    done = subprocess.run([sbatch, "--parsable", str(submission.script_file)], capture_output=True, text=True)
+    if done.returncode != 0:
+        for path in (submission.trials_file, submission.script_file):
+            path.unlink(missing_ok=True)
+        reason = (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]
+        raise UsageError(f"sbatch refused {submission.script_file}: {reason}")
+    # --parsable prints "<job id>" or "<job id>;<cluster>".
+    job_id = done.stdout.strip().split(";")[0]
+    with open(slurm_dir / JOBS_FILE, "a") as jobs:
+        jobs.write(f"{job_id}\t{len(submission.trial_dirs)}\t{submission.trials_file.name}\n")
+    return job_id
+
+
+def submit(ablation_dir: Path, trial_dirs: Sequence[Path], options: SlurmOptions,
+           trainer_cfg: Mapping[str, Any], ignore_queue: bool = False) -> str:
+    """Submits ``trial_dirs`` as one array job (:func:`prepare`, then :func:`send`); returns the job id."""
+    return send(prepare(ablation_dir, trial_dirs, options, trainer_cfg, ignore_queue))
+
+
+def check_queue_clear(ablation_dir: Path, ignore_queue: bool = False) -> None:
+    """Refuses while an earlier array job of this ablation is still queued (the same trial would run twice), and
+    when the queue cannot be asked about it, unless ``ignore_queue``."""
+    jobs = submitted_jobs(ablation_dir)
+    if not jobs:
+        return
+    try:
+        states = ask_queue(jobs)
+    except QueueUnavailable as err:
+        if not ignore_queue:
+            raise UsageError(f"cannot tell whether job {', '.join(jobs)} of this ablation still holds trials: {err}; "
+                             f"nothing was submitted. Check with squeue -j {','.join(jobs)}, then pass "
+                             "--ignore-queue to go ahead anyway") from None
+        print(f"--ignore-queue: going ahead although SLURM could not be asked ({err})", file=sys.stderr)
+        return
+    active = {job: state for job, state in states.items() if state in ACTIVE_STATES}
     if active:
         job = sorted(active)[0].split("_")[0]
         raise UsageError(f"job {job} of this ablation is still queued ({len(active)} task(s) active): wait for it "
                          f"(squeue -j {job}) or cancel it (scancel {job}) before submitting again")
-    (slurm_dir / "logs").mkdir(parents=True, exist_ok=True)
-    (slurm_dir / "trials.txt").write_text("".join(f"{t}\n" for t in trial_dirs))
-    script_path = slurm_dir / "ablation.sbatch"
-    script_path.write_text(script)
-    done = subprocess.run([sbatch, "--parsable", str(script_path)], capture_output=True, text=True)
-    if done.returncode != 0:
-        reason = (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]
-        raise UsageError(f"sbatch refused {script_path}: {reason}")
-    # --parsable prints "<job id>" or "<job id>;<cluster>".
-    job_id = done.stdout.strip().split(";")[0]
-    with open(slurm_dir / "jobs.txt", "a") as jobs:
-        jobs.write(f"{job_id}\t{len(trial_dirs)}\n")
-    return job_id
+
+
+def trial_list(ablation_dir: Path, number: int) -> Path:
+    """The trial list of submission ``number``: task i of that job runs line i+1."""
+    return Path(ablation_dir) / "slurm" / f"trials-{number}.txt"
+
+
+def next_submission(ablation_dir: Path) -> int:
+    """The number of the next submission: one past the highest trial list on disk."""
+    numbers = [int(m[1]) for p in (Path(ablation_dir) / "slurm").glob("trials-*.txt")
+               if (m := re.fullmatch(r"trials-(\d+)\.txt", p.name))]
+    return max(numbers, default=0) + 1
+
+
+def _job_records(ablation_dir: Path) -> list[tuple[str, Path]]:
+    """(job id, its trial list) for every job in ``jobs.txt``, oldest first."""
+    slurm_dir = Path(ablation_dir) / "slurm"
+    path = slurm_dir / JOBS_FILE
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        fields = line.split("\t")
+        if fields and fields[0].strip():
+            records.append((fields[0].strip(), slurm_dir / (fields[2] if len(fields) > 2 else SHARED_TRIALS_FILE)))
+    return records
 
 
 def submitted_jobs(ablation_dir: Path) -> list[str]:
     """Array job ids submitted for this ablation, oldest first (from ``slurm/jobs.txt``)."""
-    path = Path(ablation_dir) / "slurm" / "jobs.txt"
-    if not path.exists():
-        return []
-    return [line.split("\t")[0] for line in path.read_text().splitlines() if line.strip()]
+    return [job for job, _ in _job_records(ablation_dir)]
+
+
+def owned_trials(ablation_dir: Path, states: Mapping[str, str] | None = None) -> dict[Path, str]:
+    """Trial directories that an active task of this ablation's jobs runs or will run, with the task and its state
+    (``{dir: "job 42_3 is pending"}``). ``states`` is the queue's answer (:func:`ask_queue`, asked when not given,
+    raising :class:`QueueUnavailable` when it cannot be)."""
+    records = _job_records(ablation_dir)
+    if not records:
+        return {}
+    if states is None:
+        states = ask_queue([job for job, _ in records])
+    owned: dict[Path, str] = {}
+    for job, trials_file in records:
+        try:
+            lines = trials_file.read_text().splitlines()
+        except OSError:
+            lines = []
+        for task, state in states.items():
+            array, _, index = task.partition("_")
+            if array == job and state in ACTIVE_STATES and index.isdigit() and int(index) < len(lines):
+                owned[Path(lines[int(index)])] = f"job {task} is {state.lower()}"
+    return owned
+
+
+class QueueUnavailable(Exception):  # noqa: N818 - a fact about the queue, raised to the caller that must decide
+    """SLURM's queue could not be asked (no squeue, a time-out, an error); the message says which."""
+
+
+def ask_queue(job_ids: Sequence[str]) -> dict[str, str]:
+    """``{"<job>_<task>": "RUNNING", ...}`` for every array task SLURM still lists; raises :class:`QueueUnavailable`
+    when ``squeue`` cannot answer. A job SLURM has forgotten (MinJobAge) is absent from the answer."""
+    if not job_ids:
+        return {}
+    squeue = shutil.which("squeue")
+    if squeue is None:
+        raise QueueUnavailable("squeue not found")
+    try:
+        done = subprocess.run([squeue, "-h", "-r", "-t", "all", "-j", ",".join(job_ids), "-o", "%i %T"],
+                              capture_output=True, text=True, timeout=SQUEUE_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        raise QueueUnavailable(f"squeue did not answer within {SQUEUE_TIMEOUT_S:g} s") from None
+    except OSError as err:
+        raise QueueUnavailable(f"squeue could not run ({err.strerror})") from None
+    # Asked about a single job SLURM has forgotten, squeue says "Invalid job id specified" and exits 1: an answer.
+    if done.returncode != 0 and "Invalid job id" not in done.stderr:
+        reason = (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]
+        raise QueueUnavailable(f"squeue failed: {reason}")
+    return dict(line.split(maxsplit=1) for line in done.stdout.splitlines() if len(line.split()) == 2)
 
 
 def queue_states(job_ids: Sequence[str]) -> dict[str, str]:
-    """``{"<job>_<task>": "RUNNING", ...}`` for every array task SLURM still lists; empty without squeue."""
-    squeue = shutil.which("squeue")
-    if squeue is None or not job_ids:
-        return {}
+    """:func:`ask_queue` for display: empty when the queue cannot be asked."""
     try:
-        done = subprocess.run([squeue, "-h", "-r", "-t", "all", "-j", ",".join(job_ids), "-o", "%i %T"],
-                              capture_output=True, text=True, timeout=60)
-    except (OSError, subprocess.TimeoutExpired):
+        return ask_queue(job_ids)
+    except QueueUnavailable:
         return {}
-    # squeue exits non-zero when a job has already left the controller's memory (MinJobAge); what it printed holds.
-    return dict(line.split(maxsplit=1) for line in done.stdout.splitlines() if len(line.split()) == 2)
 
 
 def _template_text(template: Path | None) -> str:
@@ -297,14 +423,17 @@ def default_template():
     return importlib_resources.files("lightning_depth.ablation").joinpath("templates", "ablation.sbatch")
 
 
-def _check_trials_agree(trial_dirs: Sequence[Path], trainer_cfg: Mapping[str, Any]) -> None:
+def _check_trials_agree(trial_dirs: Sequence[Path], trainer_cfg: Mapping[str, Any],
+                        trial_trainers: Mapping[Path, Mapping[str, Any]] | None = None) -> None:
     """One array job has one shape; a trial whose own config asks for other resources must go separately."""
     keys = ("accelerator", "devices", "num_nodes", "strategy")
     for trial in trial_dirs:
-        config = trial / "config.yaml"
-        if not config.exists():
+        if trial_trainers is not None:
+            trainer = trial_trainers.get(trial) or {}
+        elif (trial / "config.yaml").exists():
+            trainer = (yaml.safe_load((trial / "config.yaml").read_text()) or {}).get("trainer") or {}
+        else:
             continue
-        trainer = (yaml.safe_load(config.read_text()) or {}).get("trainer") or {}
         for key in keys:
             if key in trainer and key in trainer_cfg and trainer[key] != trainer_cfg[key]:
                 raise UsageError(f"{trial.name} sets trainer.{key}={trainer[key]!r} but the array job is sized for "

@@ -26,12 +26,14 @@ class Summary:
 
 @dataclass(frozen=True)
 class PairedDelta:
-    """Mean of ``arm - baseline`` over the seeds both have, with its confidence interval (None when n < 2)."""
+    """Mean of ``arm - baseline`` over the seeds both have, with its confidence interval (None when n < 2, and when
+    every difference is the same: ``equal``)."""
 
     mean: float
     ci: tuple[float, float] | None
     n: int
     seeds: tuple[int, ...]
+    equal: bool = False
 
 
 def mean_std(values: Iterable[float]) -> Summary:
@@ -64,7 +66,18 @@ def paired_delta(
     if not seeds:
         return None
     diffs = [arm[s] - baseline[s] for s in seeds]
+    if len(diffs) > 1 and all_equal(diffs):
+        # Zero spread makes the t interval a single point, which would read as certainty. The seeds agree exactly
+        # (deterministic training moves the same examples on every seed), which says nothing of how far the
+        # difference could vary with other seeds: no interval is claimed.
+        return PairedDelta(float(np.mean(diffs)), None, len(seeds), seeds, equal=True)
     return PairedDelta(float(np.mean(diffs)), t_interval(diffs, confidence), len(seeds), seeds)
+
+
+def all_equal(values: Sequence[float]) -> bool:
+    """Whether ``values`` agree up to float32 rounding (metrics are logged in float32: about 1e-7 of their size)."""
+    x = np.asarray(values, dtype=float)
+    return bool(x.size) and float(np.ptp(x)) <= 1e-6 * max(1.0, float(np.max(np.abs(x))))
 
 
 def bootstrap_interval(

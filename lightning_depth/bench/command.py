@@ -24,10 +24,11 @@ from lightning_depth import fmt
 from lightning_depth.bench.timing import Config, Row
 from lightning_depth.errors import UsageError
 
-SECTIONS = ("pipeline", "models", "data", "fastpaths", "memory")
+SECTIONS = ("pipeline", "models", "data", "fastpaths", "memory", "compare", "sweep")
 # Share of --budget (start-up, warm-up and rounds) each section may spend; what a section leaves, or overruns by,
 # goes to or comes from the sections after it. A section always completes one round.
-SHARES = {"pipeline": 0.22, "models": 0.15, "data": 0.10, "fastpaths": 0.33, "memory": 0.20}
+SHARES = {"pipeline": 0.13, "models": 0.09, "data": 0.06, "fastpaths": 0.165, "memory": 0.12, "compare": 0.04,
+          "sweep": 0.395}  # the sweep's round is two whole sweeps: minutes
 HEADER = ("section", "comparison", "A", "B", "ratio", "range", "n", "goal", "met")
 
 
@@ -110,7 +111,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=("table", "json"), default="table")
     p.add_argument("--quick", action="store_true", help="tiny sizes and budget, for tests (under a minute)")
     p.add_argument("--budget", type=float, default=None,
-                   help="seconds the whole bench may take, start-up included (default 250; quick 40)")
+                   help="seconds the whole bench may take, start-up included (default 400; quick 40)")
     p.add_argument("--rounds", type=int, default=None, help="most paired rounds per comparison (default 5; quick 2)")
     p.add_argument("--threads", type=int, default=1,
                    help="intra-op threads (default 1: on a shared machine a spinning thread team is slower and "

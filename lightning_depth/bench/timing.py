@@ -22,7 +22,7 @@ class Config:
 
     quick: bool = False
     rounds: int = 5
-    budget_s: float = 250.0
+    budget_s: float = 400.0
     threads: int = 1
     compile: bool = True
     batch: int = 128  # ResNet-20 CIFAR batch of the pipeline and fast-path sections (He et al. 2015 §4.2)

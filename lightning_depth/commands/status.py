@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 from lightning_depth import fmt
-from lightning_depth.ablation.ledger import STATES, Ablation, find_ablation, load_ablation
+from lightning_depth.ablation.ledger import SHOWN_STATES, Ablation, find_ablation, load_ablation
 from lightning_depth.ablation.status import COLUMNS, totals, trial_rows
 
 FORMATS = ("text", "json")
@@ -34,7 +34,7 @@ def _text(ablation: Ablation, rows: list[dict[str, Any]]) -> str:
     header = [c if c != "value" else ablation.metric for c in COLUMNS]
     lines = [f"ablation {ablation.name} ({ablation.path})", *fmt.table(header, cells, rule=False)]
     counts = totals(ablation)
-    lines.append(f"{len(rows)} trials: " + ", ".join(f"{counts[s]} {s}" for s in STATES))
+    lines.append(f"{len(rows)} trials: " + ", ".join(f"{counts[s]} {s}" for s in SHOWN_STATES))
     return "\n".join(lines)
 
 

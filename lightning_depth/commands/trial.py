@@ -1,9 +1,11 @@
 """``python -m lightning_depth trial DIR``: run one trial of an ablation from its directory, idempotently.
 
-The trial keeps its own ledger entry: running when it starts, done once ``result.json`` is written, failed with a
-one-line reason otherwise. A finished trial is never trained again; an interrupted one resumes from its last
-checkpoint (``fit`` does that for any run directory). Every launcher (local processes, SLURM array tasks) runs
-exactly this command, so a trial behaves the same wherever it runs.
+The trial keeps its own ledger entry: running when it starts, done once ``result.json`` is written, diverged when
+training stopped on a non-finite loss or metric (a result too), failed with a one-line reason otherwise. A finished or
+diverged trial is never trained again; an interrupted one resumes from its newest checkpoint (``fit`` does that for
+any run directory), and one whose training had finished writes the same ``result.json`` again from its final
+checkpoint, so running it again for any reason never loses a result. Every launcher (local processes, SLURM array
+tasks) runs exactly this command, so a trial behaves the same wherever it runs.
 """
 
 from __future__ import annotations
@@ -14,7 +16,10 @@ import sys
 import traceback
 from pathlib import Path
 
+import yaml
+
 from lightning_depth.ablation import ledger
+from lightning_depth.ablation.liveness import Heartbeat
 from lightning_depth.cli import run_cli
 from lightning_depth.errors import UsageError
 from lightning_depth.metrics import RESULT_FILE
@@ -32,6 +37,7 @@ def main(argv: list[str]) -> int:
     if not config.is_file():
         raise UsageError(f"{trial_dir} is not a trial directory (no config.yaml); trials are written by "
                          "`fit --config FILE` with an ablation: section")
+    _check_writes_here(trial_dir, config)
     # DDP workers (Lightning's subprocess launcher, or srun tasks) run this command too; only rank 0 keeps the ledger.
     if not is_rank_zero():
         return run_cli(["fit", "--config", str(config)])
@@ -40,24 +46,39 @@ def main(argv: list[str]) -> int:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             print(f"trial {trial_dir.name} is already running elsewhere; not starting it twice", file=sys.stderr)
-            return 3
+            return ledger.ALREADY_RUNNING_EXIT
         return _run_locked(trial_dir, config)
 
 
+def _check_writes_here(trial_dir: Path, config: Path) -> None:
+    """The trial's outputs must land in the directory its lock and ledger are in, whatever the working directory."""
+    try:
+        root = ((yaml.safe_load(config.read_text()) or {}).get("trainer") or {}).get("default_root_dir")
+    except (yaml.YAMLError, OSError, AttributeError):
+        return  # the fit command says what is wrong with the file
+    if root and Path(root).absolute().resolve() != trial_dir.absolute().resolve():
+        raise UsageError(f"{config} trains into {Path(root).absolute()}, not into {trial_dir.absolute()}: it was "
+                         "moved, or written with a relative path; run the ablation's fit command again to rewrite it")
+
+
 def _run_locked(trial_dir: Path, config: Path) -> int:
-    state = ledger.read_state(trial_dir)
-    if state is not None and state.state == "done" and (trial_dir / RESULT_FILE).is_file():
-        print(f"trial {trial_dir.name} is done; nothing to train", file=sys.stderr)
+    try:
+        state = ledger.read_state(trial_dir)
+    except ValueError as err:
+        raise UsageError(f"{err}; fix or delete the file to run this trial again") from None
+    if state is not None and state.state in ("done", "diverged") and (trial_dir / RESULT_FILE).is_file():
+        print(f"trial {trial_dir.name} is {state.state}; nothing to train", file=sys.stderr)
         return 0
     restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
     limit = int(os.environ.get(MAX_REQUEUES_ENV, "-1") or -1)
     if 0 <= limit < restarts:
         ledger.mark_failed(trial_dir, f"requeued {restarts} times, more than the limit of {limit}")
         return 1
-    (trial_dir / RESULT_FILE).unlink(missing_ok=True)  # a result is written only by a completed fit
+    # result.json stays until fit replaces it: a fit that had finished before writes the same one again.
     ledger.mark_running(trial_dir)
     try:
-        code = run_cli(["fit", "--config", str(config)])
+        with Heartbeat(trial_dir):
+            code = run_cli(["fit", "--config", str(config)])
     except UsageError as err:
         ledger.mark_failed(trial_dir, str(err))
         raise
@@ -69,6 +90,12 @@ def _run_locked(trial_dir: Path, config: Path) -> int:
         ledger.mark_failed(trial_dir, f"{type(err).__name__}: {message}"[:300])
         traceback.print_exc()
         return 1
+    result = ledger.read_result(trial_dir) or {}
+    if code != 0 and result.get("status") == "diverged":
+        diverged = result.get("diverged") or {}
+        ledger.mark_diverged(trial_dir, f"{diverged.get('metric')} is {diverged.get('value')} at step "
+                                        f"{diverged.get('step')}")
+        return 0
     if code == 0 and (trial_dir / RESULT_FILE).is_file():
         ledger.mark_done(trial_dir)
         return 0

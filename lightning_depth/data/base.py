@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import random
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from lightning.pytorch import LightningDataModule
 from sklearn.model_selection import train_test_split
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 # Validation and test splits are drawn with this seed, never the training seed, so every run of every trial
 # sees the same held-out images.
 SPLIT_SEED = 0
+SPLITS = ("train", "val", "test")
 
 
 class LoaderDataModule(LightningDataModule):
@@ -24,35 +27,117 @@ class LoaderDataModule(LightningDataModule):
         num_workers: loader worker processes; 0 loads in the main process.
         pin_memory: page-locked batches for faster host-to-GPU copies; ignored without CUDA.
         persistent_workers: keep workers alive between epochs; ignored when num_workers is 0.
+        predict_split: the split ``predict`` runs on (None: the test split).
     """
 
     in_channels = 3
     num_classes: int
+    class_names: Sequence[str] | None = None  # index -> name, where the data names its classes
 
-    def __init__(self, batch_size: int, num_workers: int, pin_memory: bool, persistent_workers: bool) -> None:
+    def __init__(self, batch_size: int, num_workers: int, pin_memory: bool, persistent_workers: bool,
+                 predict_split: str | None = None) -> None:
         super().__init__()
         if batch_size < 1:
             raise ValueError(f"batch_size={batch_size} must be at least 1")
         if num_workers < 0:
             raise ValueError(f"num_workers={num_workers} must be 0 (main process) or more")
+        if predict_split not in (None, *SPLITS):
+            raise ValueError(f"predict_split={predict_split!r} is not one of {', '.join(SPLITS)}")
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.pin_memory = pin_memory
         self.persistent_workers = persistent_workers
+        self.predict_split = predict_split
         # Records the init arguments of the concrete subclass too, so checkpoints carry the data config.
         self.save_hyperparameters()
 
     def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
+        """A loader over ``dataset``; shuffled ones (training) can continue an interrupted epoch exactly."""
         workers = self.num_workers > 0
-        return DataLoader(
+        shuffled = {"sampler": EpochSampler(dataset)} if shuffle else {"shuffle": False}
+        return (ResumableLoader if shuffle else DataLoader)(
             dataset,
             batch_size=self.batch_size,
-            shuffle=shuffle,
+            **shuffled,
             drop_last=False,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory and torch.cuda.is_available(),
             persistent_workers=self.persistent_workers and workers,
         )
+
+    def predict_dataset(self) -> Dataset:
+        """The images ``predict`` sees: the ``predict_split`` split (default test), without augmentation."""
+        dataset = getattr(self, f"{self.predict_split or 'test'}_dataset")
+        return dataset.plain() if isinstance(dataset, TensorImages) else dataset
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader(self.predict_dataset(), shuffle=False)
+
+
+class EpochSampler(RandomSampler):
+    """Lightning's shuffling sampler that knows its epoch: Lightning calls ``set_epoch`` as on a DistributedSampler
+    (which replaces it under DDP and knows its epoch as well)."""
+
+    epoch: int | None = None
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+
+class ResumableLoader(DataLoader):
+    """A training loader that continues an interrupted epoch where its checkpoint left it, bit for bit.
+
+    Lightning stores ``state_dict()`` in every checkpoint and hands it back before the first epoch of a resumed run
+    (its protocol for stateful loaders). Two things make the continued epoch equal to an uninterrupted one:
+
+    - the same batches: the epoch's batches come again in the same order (the permutation and the worker processes'
+      generators start from the state the epoch was seeded with) and those already trained are loaded and dropped.
+      Loading rather than skipping indices keeps worker processes' augmentation in step.
+    - the same random numbers: before each batch is fetched, this process's generators (Python, NumPy, torch) are
+      reseeded from one number drawn when the epoch's iteration starts and the batch's position. A batch's
+      augmentation (when loaded in this process) and its training step (dropout, mixup) then draw the same numbers
+      however the process got there, through validation, a restart or neither.
+    """
+
+    _resume: dict[str, Any] | None = None
+    _epoch: int | None = None
+    _served = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"epoch": self._epoch, "batches": self._served}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._resume = dict(state)
+
+    def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
+        # Drawn here, where Lightning creates the epoch's iterator right after the epoch's reseed.
+        base = int(torch.randint(2**62, ()).item())
+        return self._batches(super().__iter__(), base)
+
+    def _batches(self, batches: Iterator[Any], base: int) -> Iterator[Any]:
+        # Runs at the first batch, after Lightning has told the sampler its epoch: an end-of-epoch checkpoint names
+        # the finished epoch, so the next one starts at its beginning.
+        self._epoch = getattr(self.sampler, "epoch", None)
+        resume, self._resume = self._resume, None
+        same_epoch = resume is not None and self._epoch is not None and resume.get("epoch") == self._epoch
+        skip = int(resume.get("batches", 0)) if same_epoch else 0
+        self._served = 0
+        while True:
+            _reseed(base, self._served)
+            try:
+                batch = next(batches)
+            except StopIteration:
+                return
+            self._served += 1
+            if self._served > skip:
+                yield batch
+
+
+def _reseed(base: int, index: int) -> None:
+    seed = int(np.random.SeedSequence([base, index]).generate_state(1, np.uint64)[0])
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
 
 
 class TensorImages(Dataset):
@@ -85,13 +170,20 @@ class TensorImages(Dataset):
             raise ValueError(f"{len(images)} images but {len(labels)} labels")
         self.images = images
         self.labels = labels.long()
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+        # On the images' device, so images held on a GPU are normalised there.
+        self.mean = torch.tensor(mean, dtype=torch.float32, device=images.device).view(1, -1, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32, device=images.device).view(1, -1, 1, 1)
         self.pad = pad
         self.flip = flip
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    def plain(self) -> TensorImages:
+        """The same images and labels without augmentation: what evaluation and prediction see."""
+        if not (self.pad or self.flip):
+            return self
+        return TensorImages(self.images, self.labels, self.mean.flatten().tolist(), self.std.flatten().tolist())
 
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
         return self.__getitems__([index])[0]
@@ -123,3 +215,19 @@ def stratified_split(labels: np.ndarray, held_out: int) -> tuple[np.ndarray, np.
     index = np.arange(len(labels))
     kept, out = train_test_split(index, test_size=held_out, stratify=labels, random_state=SPLIT_SEED)
     return np.sort(kept), np.sort(out)
+
+
+def describe_data(data: Any) -> str:
+    """One line about a set-up data module: its classes, image shape, images per split and batch size."""
+    parts = []
+    if getattr(data, "num_classes", None):
+        parts.append(f"{data.num_classes} classes")
+    size = getattr(data, "image_size", None)
+    if size:
+        parts.append(f"{getattr(data, 'in_channels', 3)}x{size}x{size} images")
+    counts = [f"{len(d):,} {split}" for split in SPLITS if (d := getattr(data, f"{split}_dataset", None)) is not None]
+    if counts:
+        parts.append(", ".join(counts))
+    if getattr(data, "batch_size", None):
+        parts.append(f"batch {data.batch_size}")
+    return f"{type(data).__name__}: " + "; ".join(parts)

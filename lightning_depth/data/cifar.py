@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -24,6 +25,9 @@ class CIFARDataModule(LoaderDataModule):
     train_files: tuple[str, ...]
     test_files: tuple[str, ...]
     label_key: str
+    meta_file: str  # the release's class names: meta_file[names_key]
+    names_key: str
+    image_size = 32
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     torchvision_dataset: type
@@ -38,8 +42,9 @@ class CIFARDataModule(LoaderDataModule):
         num_workers: int,
         pin_memory: bool,
         persistent_workers: bool,
+        predict_split: str | None = None,
     ) -> None:
-        super().__init__(batch_size, num_workers, pin_memory, persistent_workers)
+        super().__init__(batch_size, num_workers, pin_memory, persistent_workers, predict_split)
         if val_split != 0 and not self.num_classes <= val_split < TRAIN_IMAGES:
             raise ValueError(
                 f"val_split={val_split} must be 0 (validate on the test set) or between {self.num_classes} "
@@ -71,6 +76,7 @@ class CIFARDataModule(LoaderDataModule):
         self._check_present()
         images, labels = self._read(self.train_files)
         test_images, test_labels = self._read(self.test_files)
+        self.class_names = self._read_names()
         # He et al. pad 4 pixels, crop 32×32 and flip; they subtract a per-pixel mean where we normalise per
         # channel, the now-standard equivalent that does not depend on the crop position.
         train_stats = dict(mean=self.mean, std=self.std, pad=4 if self.augment else 0, flip=self.augment)
@@ -107,6 +113,17 @@ class CIFARDataModule(LoaderDataModule):
                     "pass --data.init_args.download true or --data.init_args.root PATH, "
                     "or use DigitsDataModule, which ships with the package"
                 )
+
+    def _read_names(self) -> list[str] | None:
+        """The class names of the release's meta file; None when it is missing or holds no names (predictions then
+        name classes by index only)."""
+        try:
+            with (self.root / self.folder / self.meta_file).open("rb") as f:
+                meta = pickle.load(f, encoding="bytes")
+            names = [n.decode() if isinstance(n, bytes) else str(n) for n in meta[self.names_key.encode()]]
+        except Exception:  # noqa: BLE001 - the names are a convenience; training and metrics never need them
+            return None
+        return names if len(names) == self.num_classes else None
 
     def _read(self, names: tuple[str, ...]) -> tuple[torch.Tensor, torch.Tensor]:
         """Concatenate pickled batches into (N, 3, 32, 32) uint8 images and (N,) int64 labels."""
@@ -156,6 +173,7 @@ class CIFAR10DataModule(CIFARDataModule):
         num_workers: loader worker processes; 0 loads in the main process.
         pin_memory: page-locked batches for faster host-to-GPU copies; ignored without CUDA.
         persistent_workers: keep workers alive between epochs; ignored when num_workers is 0.
+        predict_split: the split ``predict`` runs on: train (without augmentation), val or test; None is test.
     """
 
     title = "CIFAR-10"
@@ -163,6 +181,7 @@ class CIFAR10DataModule(CIFARDataModule):
     train_files = tuple(f"data_batch_{i}" for i in range(1, 6))
     test_files = ("test_batch",)
     label_key = "labels"
+    meta_file, names_key = "batches.meta", "label_names"
     num_classes = 10
     # Per-pixel statistics of the 50k training images (the widespread 0.2023, 0.1994, 0.2010 are averages of
     # per-image standard deviations, not the dataset's).
@@ -180,8 +199,10 @@ class CIFAR10DataModule(CIFARDataModule):
         num_workers: int = 2,
         pin_memory: bool = True,
         persistent_workers: bool = True,
+        predict_split: Literal["train", "val", "test"] | None = None,
     ) -> None:
-        super().__init__(root, download, val_split, augment, batch_size, num_workers, pin_memory, persistent_workers)
+        super().__init__(root, download, val_split, augment, batch_size, num_workers, pin_memory, persistent_workers,
+                         predict_split)
 
 
 class CIFAR100DataModule(CIFARDataModule):
@@ -198,6 +219,7 @@ class CIFAR100DataModule(CIFARDataModule):
         num_workers: loader worker processes; 0 loads in the main process.
         pin_memory: page-locked batches for faster host-to-GPU copies; ignored without CUDA.
         persistent_workers: keep workers alive between epochs; ignored when num_workers is 0.
+        predict_split: the split ``predict`` runs on: train (without augmentation), val or test; None is test.
     """
 
     title = "CIFAR-100"
@@ -205,6 +227,7 @@ class CIFAR100DataModule(CIFARDataModule):
     train_files = ("train",)
     test_files = ("test",)
     label_key = "fine_labels"
+    meta_file, names_key = "meta", "fine_label_names"
     num_classes = 100
     mean = (0.5071, 0.4865, 0.4409)
     std = (0.2673, 0.2564, 0.2762)
@@ -220,5 +243,7 @@ class CIFAR100DataModule(CIFARDataModule):
         num_workers: int = 2,
         pin_memory: bool = True,
         persistent_workers: bool = True,
+        predict_split: Literal["train", "val", "test"] | None = None,
     ) -> None:
-        super().__init__(root, download, val_split, augment, batch_size, num_workers, pin_memory, persistent_workers)
+        super().__init__(root, download, val_split, augment, batch_size, num_workers, pin_memory, persistent_workers,
+                         predict_split)

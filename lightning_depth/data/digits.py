@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
 import torch
 from sklearn.datasets import load_digits
@@ -30,9 +32,11 @@ class DigitsDataModule(LoaderDataModule):
         num_workers: loader worker processes; 0 loads in the main process.
         pin_memory: page-locked batches for faster host-to-GPU copies; ignored without CUDA.
         persistent_workers: keep workers alive between epochs; ignored when num_workers is 0.
+        predict_split: the split ``predict`` runs on: train (without augmentation), val or test; None is test.
     """
 
     num_classes = 10
+    class_names = tuple(str(digit) for digit in range(10))
 
     def __init__(
         self,
@@ -44,8 +48,9 @@ class DigitsDataModule(LoaderDataModule):
         num_workers: int = 0,
         pin_memory: bool = True,
         persistent_workers: bool = False,
+        predict_split: Literal["train", "val", "test"] | None = None,
     ) -> None:
-        super().__init__(batch_size, num_workers, pin_memory, persistent_workers)
+        super().__init__(batch_size, num_workers, pin_memory, persistent_workers, predict_split)
         if image_size < 8:
             raise ValueError(f"image_size={image_size} must be at least 8, the digits' own resolution")
         if not (0 < val_fraction and 0 < test_fraction and val_fraction + test_fraction < 1):

@@ -8,12 +8,14 @@ from the step time. Without a GPU the same code runs on CPU tensors.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningDataModule
 from torch import Tensor
+from torch.utils.data import DataLoader
 
 from lightning_depth.data.base import TensorImages
 from lightning_depth.data.cifar import CIFAR10DataModule, CIFAR100DataModule, CIFARDataModule
@@ -132,12 +134,15 @@ class _GPUCIFAR(LightningDataModule):
     source: type[CIFARDataModule]
     num_classes: int
     in_channels = 3
+    image_size = CIFARDataModule.image_size
 
-    def __init__(self, root: str, download: bool, val_split: int, augment: bool, batch_size: int, device: str) -> None:
+    def __init__(self, root: str, download: bool, val_split: int, augment: bool, batch_size: int, device: str,
+                 predict_split: str | None = None) -> None:
         super().__init__()
         # Reading, checks, download and the fixed validation split are the CPU module's; only serving differs.
         self.cpu = self.source(root=root, download=download, val_split=val_split, augment=augment,
-                               batch_size=batch_size, num_workers=0, pin_memory=False, persistent_workers=False)
+                               batch_size=batch_size, num_workers=0, pin_memory=False, persistent_workers=False,
+                               predict_split=predict_split)
         if device != "auto":
             try:
                 torch.device(device)
@@ -191,6 +196,18 @@ class _GPUCIFAR(LightningDataModule):
     def test_dataloader(self) -> DeviceBatches:
         return self.test_batches
 
+    @property
+    def class_names(self) -> Sequence[str] | None:
+        return self.cpu.class_names
+
+    def predict_dataloader(self) -> DataLoader:
+        # A DataLoader over the images already on the device (in order, without augmentation), so that Lightning
+        # knows each prediction's index and shards the images under DDP as for any other module.
+        batches = {"train": self.train_batches, "val": self.val_batches}.get(self.cpu.predict_split or "test",
+                                                                            self.test_batches)
+        images = TensorImages(batches.images, batches.labels, self.cpu.mean, self.cpu.std)
+        return DataLoader(images, batch_size=self.batch_size, shuffle=False)
+
 
 class GPUCIFAR10DataModule(_GPUCIFAR):
     """CIFAR-10 on the training device: the papers' pad-4 crop and flip, per image, done there in batches.
@@ -208,6 +225,7 @@ class GPUCIFAR10DataModule(_GPUCIFAR):
         batch_size: images per batch (per device under DDP); 128 as in He et al.
         device: where the images live: "auto" is the Trainer's device (the GPU of each DDP rank), else CUDA when
             visible, else the CPU; or a torch device such as "cuda:1" or "cpu".
+        predict_split: the split ``predict`` runs on: train (without augmentation), val or test; None is test.
     """
 
     source = CIFAR10DataModule
@@ -221,8 +239,9 @@ class GPUCIFAR10DataModule(_GPUCIFAR):
         augment: bool = True,
         batch_size: int = 128,
         device: str = "auto",
+        predict_split: Literal["train", "val", "test"] | None = None,
     ) -> None:
-        super().__init__(root, download, val_split, augment, batch_size, device)
+        super().__init__(root, download, val_split, augment, batch_size, device, predict_split)
 
 
 class GPUCIFAR100DataModule(_GPUCIFAR):
@@ -235,6 +254,7 @@ class GPUCIFAR100DataModule(_GPUCIFAR):
         augment: 4-pixel zero padding, random 32×32 crop and horizontal flip ("C100+", Huang et al. 2017).
         batch_size: images per batch (per device under DDP).
         device: "auto" (the Trainer's device, else CUDA when visible, else CPU) or a torch device.
+        predict_split: the split ``predict`` runs on: train (without augmentation), val or test; None is test.
     """
 
     source = CIFAR100DataModule
@@ -248,5 +268,6 @@ class GPUCIFAR100DataModule(_GPUCIFAR):
         augment: bool = True,
         batch_size: int = 128,
         device: str = "auto",
+        predict_split: Literal["train", "val", "test"] | None = None,
     ) -> None:
-        super().__init__(root, download, val_split, augment, batch_size, device)
+        super().__init__(root, download, val_split, augment, batch_size, device, predict_split)

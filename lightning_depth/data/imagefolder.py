@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import torch
 from PIL import Image
 from torch import Tensor, nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 from torchvision.datasets import ImageFolder
-from torchvision.datasets.folder import find_classes
+from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes
 from torchvision.transforms import v2
 
 from lightning_depth.data.base import LoaderDataModule
@@ -69,6 +70,33 @@ def _read_rgb(path: str) -> Image.Image:
         raise UsageError(f"cannot read image {path} ({err}); remove or replace the file") from err
 
 
+class ImageFiles(Dataset):
+    """Every image file under a folder (sub-folders included), in path order, unlabelled: what ``predict`` reads
+    from a folder of new images, which needs no class sub-folders.
+
+    Args:
+        root: the folder.
+        transform: turns each RGB image into the network's input.
+    """
+
+    def __init__(self, root: str | Path, transform: v2.Compose) -> None:
+        folder = Path(root)
+        if not folder.is_dir():
+            raise UsageError(f"no folder {folder} to predict; pass --data.init_args.predict_root PATH to a folder of "
+                             "images")
+        files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMG_EXTENSIONS and p.is_file())
+        if not files:
+            raise UsageError(f"{folder} holds no image files ({' '.join(IMG_EXTENSIONS)})")
+        self.samples: list[tuple[str, int | None]] = [(str(p), None) for p in files]  # ImageFolder's form, no label
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> Tensor:
+        return self.transform(_read_rgb(self.samples[index][0]))
+
+
 class ImageFolderDataModule(LoaderDataModule):
     """Images in `root/train/<class>/*` and `root/val/<class>/*` (ImageNet, Imagenette), one class per folder.
 
@@ -90,6 +118,9 @@ class ImageFolderDataModule(LoaderDataModule):
         num_workers: loader worker processes; JPEG decoding needs several per GPU.
         pin_memory: page-locked batches for faster host-to-GPU copies; ignored without CUDA.
         persistent_workers: keep workers alive between epochs; ignored when num_workers is 0.
+        predict_split: the split ``predict`` runs on: train, val or test (both `root/val`); None is test. Always one
+            centre crop.
+        predict_root: a folder of images to predict instead of a split, in any layout (no class sub-folders).
     """
 
     def __init__(
@@ -102,8 +133,10 @@ class ImageFolderDataModule(LoaderDataModule):
         num_workers: int = 8,
         pin_memory: bool = True,
         persistent_workers: bool = True,
+        predict_split: Literal["train", "val", "test"] | None = None,
+        predict_root: str | None = None,
     ) -> None:
-        super().__init__(batch_size, num_workers, pin_memory, persistent_workers)
+        super().__init__(batch_size, num_workers, pin_memory, persistent_workers, predict_split)
         if image_size < 8:
             raise ValueError(f"image_size={image_size} must be at least 8")
         if lighting < 0:
@@ -112,11 +145,14 @@ class ImageFolderDataModule(LoaderDataModule):
         self.image_size = image_size
         self.lighting = lighting
         self.ten_crop = ten_crop
+        self.predict_root = predict_root
         self.classes = self._classes("train")
+        self.class_names = self.classes
         self.num_classes = len(self.classes)
         self.train_dataset: ImageFolder | None = None
         self.val_dataset: ImageFolder | None = None
         self.test_dataset: ImageFolder | None = None
+        self.predict_set: Dataset | None = None
 
     def _classes(self, split: str) -> list[str]:
         folder = self.root / split
@@ -130,6 +166,9 @@ class ImageFolderDataModule(LoaderDataModule):
         return classes
 
     def setup(self, stage: str | None = None) -> None:
+        if stage == "predict":  # one folder is read, not the whole dataset
+            self.predict_dataset()
+            return
         if self.train_dataset is not None:
             return
         val_classes = self._classes("val")
@@ -138,25 +177,46 @@ class ImageFolderDataModule(LoaderDataModule):
                 f"{self.root / 'val'} has {len(val_classes)} class folders that differ from the "
                 f"{len(self.classes)} in {self.root / 'train'}; both must hold the same class names"
             )
-        to_tensor = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]
-        # Plain tensors out, so batches are torch.Tensor rather than torchvision's Image subclass.
-        normalize = [v2.Normalize(IMAGENET_MEAN, IMAGENET_STD), v2.ToPureTensor()]
         train = v2.Compose(
             [
                 v2.RandomResizedCrop(self.image_size, antialias=True),
                 v2.RandomHorizontalFlip(),
-                *to_tensor,
+                *self._to_tensor(),
                 *([Lighting(self.lighting)] if self.lighting > 0 else []),
-                *normalize,
+                *self._normalize(),
             ]
         )
-        resize = v2.Resize(round(self.image_size * 256 / 224), antialias=True)
-        finish = v2.Compose([*to_tensor, *normalize])
-        single = v2.Compose([resize, v2.CenterCrop(self.image_size), finish])
-        ten = v2.Compose([resize, TenCrop(self.image_size, finish)])
+        finish = v2.Compose([*self._to_tensor(), *self._normalize()])
+        ten = v2.Compose([self._resize(), TenCrop(self.image_size, finish)])
         self.train_dataset = self._folder("train", train)
-        self.val_dataset = self._folder("val", single)
-        self.test_dataset = self._folder("val", ten if self.ten_crop else single)
+        self.val_dataset = self._folder("val", self._single_crop())
+        self.test_dataset = self._folder("val", ten if self.ten_crop else self._single_crop())
+
+    @staticmethod
+    def _to_tensor() -> list[nn.Module]:
+        return [v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]
+
+    @staticmethod
+    def _normalize() -> list[nn.Module]:
+        # Plain tensors out, so batches are torch.Tensor rather than torchvision's Image subclass.
+        return [v2.Normalize(IMAGENET_MEAN, IMAGENET_STD), v2.ToPureTensor()]
+
+    def _resize(self) -> v2.Resize:
+        return v2.Resize(round(self.image_size * 256 / 224), antialias=True)
+
+    def _single_crop(self) -> v2.Compose:
+        """Evaluation's view: the shorter side resized to image_size·256/224, then the centre crop."""
+        return v2.Compose([self._resize(), v2.CenterCrop(self.image_size), *self._to_tensor(), *self._normalize()])
+
+    def predict_dataset(self) -> Dataset:
+        """``predict_root``'s images, or the ``predict_split`` split (default test), each as one centre crop."""
+        if self.predict_set is None:
+            if self.predict_root is not None:
+                self.predict_set = ImageFiles(self.predict_root, self._single_crop())
+            else:
+                split = "train" if self.predict_split == "train" else "val"
+                self.predict_set = self._folder(split, self._single_crop())
+        return self.predict_set
 
     def _folder(self, split: str, transform: v2.Compose) -> ImageFolder:
         try:

@@ -1,5 +1,6 @@
 """Datasets written in the real on-disk formats with random content, for tests and benchmarks (nothing is
-downloaded): CIFAR's pickled batches and an ImageNet-style folder of JPEGs."""
+downloaded): CIFAR's pickled batches and an ImageNet-style folder of JPEGs; and random batches of a data module's
+shape, for timing a network before its data is fetched."""
 
 from __future__ import annotations
 
@@ -7,7 +8,10 @@ import pickle
 from pathlib import Path
 
 import numpy as np
+import torch
+from lightning.pytorch import LightningDataModule
 from PIL import Image
+from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_depth.data.cifar import CIFAR10DataModule, CIFAR100DataModule
 
@@ -44,3 +48,29 @@ def write_image_folder(root: Path, classes: int = 2, per_class: int = 48, val_pe
                 pixels = np.clip(np.asarray(image, dtype=np.int64) + noise, 0, 255).astype(np.uint8)
                 Image.fromarray(pixels).save(folder / f"{i:04d}.jpg", quality=90)
     return Path(root)
+
+
+class RandomImages(LightningDataModule):
+    """Normally distributed images and uniform labels in the shape of another data module: a network's step can be
+    timed (``--dry-run``) before that module's data is fetched.
+
+    Args:
+        num_classes: number of classes.
+        image_size: side of the square images.
+        in_channels: image channels.
+        batch_size: images per batch.
+        batches: training batches per epoch.
+    """
+
+    def __init__(self, num_classes: int = 10, image_size: int = 32, in_channels: int = 3, batch_size: int = 128,
+                 batches: int = 1) -> None:
+        super().__init__()
+        self.num_classes, self.image_size, self.in_channels = num_classes, image_size, in_channels
+        self.batch_size, self.batches = batch_size, batches
+
+    def train_dataloader(self) -> DataLoader:
+        generator = torch.Generator().manual_seed(0)
+        n = self.batch_size * self.batches
+        images = torch.randn(n, self.in_channels, self.image_size, self.image_size, generator=generator)
+        labels = torch.randint(0, self.num_classes, (n,), generator=generator)
+        return DataLoader(TensorDataset(images, labels), batch_size=self.batch_size)

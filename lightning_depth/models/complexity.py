@@ -55,6 +55,12 @@ class ModelSummary:
         inside = (lambda name: True) if not prefix else (lambda name: name == prefix or name.startswith(prefix + "."))
         return sum(m for name, m in self.module_macs.items() if inside(name))
 
+    def line(self) -> str:
+        """One line with the totals, as the CLI prints it before training and the summary table ends."""
+        h, w = self.input_size
+        return (f"{self.model}: params {fmt.count(self.params)}, multiply-adds {fmt.count(self.macs)}"
+                f" (inference, one {self.in_channels}x{h}x{w} image)")
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "model": self.model,
@@ -249,12 +255,8 @@ def format_table(summary: ModelSummary) -> str:
         for r in summary.layers
     ]
     lines = fmt.table(header, body, right=(3, 4))
-    h, w = summary.input_size
     out = [*lines, lines[1]]  # the rule under the header closes the table too
     if any(r.output_shape is None for r in summary.layers):
         out.append("- : not run in eval mode (e.g. auxiliary classifiers): parameters counted, multiply-adds not")
-    out.append(
-        f"{summary.model}: params {fmt.count(summary.params)}, multiply-adds {fmt.count(summary.macs)}"
-        f" (inference, one {summary.in_channels}x{h}x{w} image)"
-    )
+    out.append(summary.line())
     return "\n".join(out)

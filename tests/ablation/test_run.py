@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import signal
@@ -14,7 +15,7 @@ import pytest
 import yaml
 
 from tests.helpers.cli import CONFIGS, ROOT, cli, cli_in_process
-from tests.helpers.wandb_records import offline_runs, read_run
+from tests.helpers.wandb_records import connected_to_a_running_service, offline_runs, read_run, service_log
 
 
 def _experiment(tmp_path: Path, ablation: dict, **trainer: object) -> Path:
@@ -43,6 +44,19 @@ def _states(ablation_dir: Path) -> dict[str, str]:
     return {p.parent.name: json.loads(p.read_text())["state"] for p in ablation_dir.glob("*/state.json")}
 
 
+def _logged_losses(trial: Path) -> list[float]:
+    """Every train/loss value the trial's CSV logger wrote, in order."""
+    with open(next(trial.glob("csv/version_*/metrics.csv")), newline="") as f:
+        return [float(row["train/loss"]) for row in csv.DictReader(f) if row.get("train/loss")]
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] in "ZX"  # a zombie has ended
+    except (FileNotFoundError, IndexError):
+        return True
+
+
 @pytest.mark.slow
 def test_an_ablation_trains_every_arm_and_seed_reports_and_a_rerun_trains_nothing(tmp_path):
     experiment = _experiment(tmp_path, PREACT, max_epochs=2)
@@ -69,6 +83,14 @@ def test_an_ablation_trains_every_arm_and_seed_reports_and_a_rerun_trains_nothin
         assert f"preact={'true' if info['overrides']['model.net.init_args.preact'] else 'false'}" in run.tags
         assert run.config["preact"] == info["overrides"]["model.net.init_args.preact"]
         assert run.config["seed"] == info["seed"]
+        # Its own run, finished, with every step, though every trial logged through the launcher's W&B service.
+        assert run.run_id == (trial / "wandb_id").read_text().strip() and run.exit_code == 0
+        assert [row["train/loss"] for row in run.history if "train/loss" in row] == \
+            pytest.approx(_logged_losses(trial))
+        assert connected_to_a_running_service(wandb_file)
+    services = {service_log(f) for t in manifest["trials"] for f in offline_runs(ablation / t)}
+    assert len(services) == 1, "one W&B service for the whole sweep"
+    assert "forks of a fork server" in first.stderr and "start-up" in first.stderr
 
     table = first.stdout
     assert "preact=false (baseline)" in table and "preact=true" in table and "±" in table
@@ -113,7 +135,11 @@ def test_a_killed_sweep_resumes_and_ends_exactly_like_an_uninterrupted_one(tmp_p
     spec = {**PREACT, "seeds": [0]}
     experiment = _experiment(tmp_path, spec, max_epochs=3)
     straight, killed = tmp_path / "straight", tmp_path / "killed"
-    cli("fit", "--config", str(experiment), "--trainer.default_root_dir", str(straight))
+    # Uninterrupted, each trial a fresh interpreter with its own W&B service (as on SLURM); then forked.
+    plain = cli("fit", "--config", str(experiment), "--trainer.default_root_dir", str(straight),
+                "--fork-server", "false")
+    assert "a fresh interpreter per trial" in plain.stderr
+    assert not any(connected_to_a_running_service(f) for f in offline_runs(straight / "preact"))
 
     env = {**os.environ, "WANDB_MODE": "offline", "PYTHONWARNINGS": "ignore"}
     cmd = [sys.executable, "-m", "lightning_depth", "fit", "--config", str(experiment),
@@ -130,14 +156,26 @@ def test_a_killed_sweep_resumes_and_ends_exactly_like_an_uninterrupted_one(tmp_p
             break
         time.sleep(0.05)
     assert sweep.poll() is None and first_done, "the sweep finished before it could be interrupted"
+    trial_pid = json.loads((killed / "preact" / second_started[0] / "state.json").read_text())["pid"]
     sweep.send_signal(signal.SIGKILL)
     sweep.wait()
+    deadline = time.monotonic() + 30
+    while not _gone(trial_pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _gone(trial_pid), "a trial dies with its launcher"
     done_mtime = (killed / "preact" / first_done / "result.json").stat().st_mtime_ns
+    # The finished trial's W&B run was complete on disk before it counted as done, whatever the service did next.
+    (done_run,) = offline_runs(killed / "preact" / first_done)
+    finished = read_run(done_run)
+    assert finished.exit_code == 0
+    assert [r["train/loss"] for r in finished.history if "train/loss" in r] == \
+        pytest.approx(_logged_losses(killed / "preact" / first_done))
 
     relaunch = cli("fit", "--config", str(experiment), "--trainer.default_root_dir", str(killed))
     assert "1 done, 1 to run" in relaunch.stderr
     assert (killed / "preact" / first_done / "result.json").stat().st_mtime_ns == done_mtime, "done is never redone"
-    # Trial ids are content-addressed, so both sweeps name the same trials; their results are identical.
+    # Trial ids are content-addressed, so both sweeps name the same trials; their results are identical: a forked
+    # trial trains exactly as a fresh interpreter does.
     assert _results(straight / "preact") == _results(killed / "preact")
 
 
@@ -148,6 +186,7 @@ def test_dry_run_prints_the_matrix_and_trains_nothing(tmp_path):
     lines = [line for line in proc.stdout.splitlines() if line.startswith("preact-")]
     assert len(lines) == 4
     assert "preact=false (baseline)" in proc.stdout and "est. time" in proc.stdout
+    assert "Start-up per trial:" in proc.stdout and "measured" in proc.stdout and "With --parallel 2" in proc.stdout
     assert not list(root.rglob("*.ckpt")) and not list(root.rglob("result.json"))
 
 

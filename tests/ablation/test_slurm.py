@@ -25,6 +25,7 @@ from lightning_depth.ablation.slurm import Resources, SlurmOptions, derive_resou
 from lightning_depth.commands import trial
 from lightning_depth.errors import UsageError
 from tests.helpers import slurm_cluster
+from tests.helpers.wandb_records import offline_runs, read_run
 
 REPO = Path(__file__).resolve().parents[2]
 CPU1 = {"accelerator": "cpu", "devices": 1, "num_nodes": 1}
@@ -177,7 +178,7 @@ def test_paths_reach_the_job_unchanged(tmp_path):
     # Run the script's own assignments in bash: the values must come back byte for byte, and nothing else runs.
     assignments = [line for line in script.splitlines() if line.startswith("mapfile")]
     trials_path = shlex.split(assignments[0].split("<", 1)[1])[0]
-    assert trials_path == str(ablation_dir / "slurm" / "trials.txt")
+    assert trials_path == str(ablation_dir / "slurm" / "trials-1.txt")
     srun = next(line for line in script.splitlines() if line.startswith("exec srun"))
     assert shlex.split(srun)[3] == python
     out = subprocess.run(["bash", "-c", srun.replace("exec srun --kill-on-bad-exit=1", "printf '%s\\n'")],
@@ -222,7 +223,7 @@ def test_submit_without_sbatch_says_where_to_run(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(UsageError, match="sbatch not found: submit from a SLURM login node"):
         submit(tmp_path, [tmp_path / "t"], SlurmOptions(), CPU1)
-    assert not (tmp_path / "slurm" / "ablation.sbatch").exists()
+    assert not (tmp_path / "slurm").exists()
 
 
 def test_trials_sized_differently_from_the_job_are_refused(tmp_path):
@@ -302,7 +303,7 @@ def test_array_job_runs_each_trial_once_with_paths_unchanged(cluster, tmp_path, 
     python = stand_in_python(tmp_path)
     job = submit(ablation_dir, trials, SlurmOptions(python=python, max_requeues=5), CPU1)
     assert job.isdigit()
-    assert (ablation_dir / "slurm" / "trials.txt").read_text().splitlines() == [str(t) for t in trials]
+    assert (ablation_dir / "slurm" / "trials-1.txt").read_text().splitlines() == [str(t) for t in trials]
     states = cluster.wait_job(job, timeout=120)
     assert states == {f"{job}_{i}": "COMPLETED" for i in range(3)}
     assert slurm.queue_states([job]) == states
@@ -352,9 +353,10 @@ def test_tasks_per_node_come_from_trainer_devices(cluster, tmp_path, monkeypatch
 def test_sbatch_refusal_is_one_line(cluster, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     trials = make_trials(tmp_path / "abl", ["t"])
-    with pytest.raises(UsageError, match="sbatch refused .*ablation.sbatch: .*") as err:
+    with pytest.raises(UsageError, match="sbatch refused .*ablation-1.sbatch: .*") as err:
         submit(tmp_path / "abl", trials, SlurmOptions(python="python3", partition="nosuchpartition"), CPU1)
     assert "\n" not in str(err.value)
+    assert not list((tmp_path / "abl" / "slurm").glob("*-1.*")), "a refused script and its trial list are removed"
 
 
 # ------------------------------------------------------------------------------------------------- end to end
@@ -445,7 +447,7 @@ def test_sweep_runs_every_trial_to_done(sweep):
         assert row["attempts"] == 1 and row["slurm_job"].startswith(f"{job}_"), row
         result = json.loads((ablation_dir / row["id"] / "result.json").read_text())
         assert result["metrics"]["val/acc1"]["final"] > 0
-    trials = (ablation_dir / "slurm" / "trials.txt").read_text().splitlines()
+    trials = (ablation_dir / "slurm" / "trials-1.txt").read_text().splitlines()
     assert sorted(Path(t).name for t in trials) == sorted(row["id"] for row in report["trials"])
 
 
@@ -471,7 +473,7 @@ def test_resubmission_skips_done_trials(cluster, sweep):
     done_before = {p.parent.name: p.stat().st_mtime_ns for p in ablation_dir.glob("*/result.json")}
     config = write_config(home / "ablation.yaml", "sweep", seeds=[0, 1], preact=[False, True])
     job = job_id(fit_on_slurm(config, sweep["root"], home))
-    trials = [Path(t) for t in (ablation_dir / "slurm" / "trials.txt").read_text().splitlines()]
+    trials = [Path(t) for t in (ablation_dir / "slurm" / "trials-2.txt").read_text().splitlines()]
     assert len(trials) == 2 and not {t.name for t in trials} & set(done_before)
     wait_done(cluster, job, ablation_dir, timeout=600)
     assert status(ablation_dir)["totals"]["done"] == 4
@@ -481,44 +483,55 @@ def test_resubmission_skips_done_trials(cluster, sweep):
     assert slurm.submitted_jobs(ablation_dir) == [sweep["job"], job]
 
 
-def wait_for_checkpoint(path: Path, epoch: int, timeout: float, logs: Path) -> None:
-    import torch
-
+def wait_for_steps(trial_dir: Path, steps: int, timeout: float, logs: Path) -> None:
+    """Until the trial's CSV log (flushed every step) holds ``steps`` training steps."""
     deadline = time.monotonic() + timeout
+    log = trial_dir / "csv" / "version_0" / "metrics.csv"
     while True:
-        assert time.monotonic() < deadline, f"no checkpoint of epoch {epoch} yet\n{slurm_logs(logs)}"
-        assert not (path.parent.parent / "result.json").exists(), "the trial finished before it was signalled"
-        try:
-            if torch.load(path, map_location="cpu", weights_only=True)["epoch"] >= epoch:
-                return
-        except Exception:  # noqa: BLE001 - not written yet, or being written
-            pass
-        time.sleep(0.1)
+        assert time.monotonic() < deadline, f"not {steps} steps trained yet\n{slurm_logs(logs)}"
+        assert not (trial_dir / "result.json").exists(), "the trial finished before it was signalled"
+        if log.exists() and sum(1 for line in log.read_text().splitlines()[1:] if line.split(",")[0]) >= steps:
+            return
+        time.sleep(0.02)
+
+
+def trained_steps(trial_dir: Path) -> list[int]:
+    """The step of every training row in every W&B segment of a trial, read back from its .wandb files."""
+    return sorted(int(row["trainer/global_step"]) for path in offline_runs(trial_dir)
+                  for row in read_run(path).history if "train/loss" in row)
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_usr1_requeues_and_resumes_with_the_same_wandb_run_and_metrics(cluster, tmp_path, monkeypatch):
-    """scancel --signal=USR1 mid-training: checkpoint, requeue, resume; the result equals an unsignalled run's."""
+def test_usr1_in_the_first_epoch_requeues_and_continues_that_epoch_bit_for_bit(cluster, tmp_path, monkeypatch):
+    """scancel --signal=USR1 before the first epoch ends: checkpoint at the next batch, W&B flushed and finished,
+    requeue, resume mid-epoch. The weights equal an unsignalled run's bit for bit, and the W&B segments together
+    hold every step once."""
+    import torch
+
     monkeypatch.chdir(tmp_path)
-    # Images large enough that the epochs after the signal take seconds, not milliseconds.
-    config = write_config(tmp_path / "usr1.yaml", "usr1", seeds=[0], preact=[False], max_epochs=5,
-                          limit_train_batches=8)
+    steps_per_epoch = 16
+    config = write_config(tmp_path / "usr1.yaml", "usr1", seeds=[0], preact=[False], max_epochs=2,
+                          limit_train_batches=steps_per_epoch)
     data = yaml.safe_load(config.read_text())
-    data["data"]["init_args"]["image_size"] = 24
+    data["data"]["init_args"].update(image_size=32, augment=True)  # steps of tens of ms, random crops
+    data["trainer"]["logger"][1]["init_args"]["flush_logs_every_n_steps"] = 1  # the test watches the CSV log
     config.write_text(yaml.safe_dump(data, sort_keys=False))
     reference = job_id(fit_on_slurm(config, tmp_path / "reference", tmp_path))
     signalled = job_id(fit_on_slurm(config, tmp_path / "signalled", tmp_path))
     ablation_dir = tmp_path / "signalled" / "usr1"
     trial_dir = next(p.parent for p in ablation_dir.glob("*/config.yaml"))
-    # Signalled once the first epoch's checkpoint exists: the rest of training happens after the requeue.
-    wait_for_checkpoint(trial_dir / "checkpoints" / "last.ckpt", epoch=0, timeout=400, logs=ablation_dir)
+    wait_for_steps(trial_dir, 3, timeout=400, logs=ablation_dir)
     cluster.run("scancel", "--signal=USR1", f"{signalled}_0")
     wait_done(cluster, signalled, ablation_dir, timeout=600)
     wait_done(cluster, reference, tmp_path / "reference" / "usr1", timeout=600)
 
     log = slurm_logs(ablation_dir)
     assert "attempt 1 on" in log and "attempt 2 on" in log, log
+    assert "signal received: checkpoint written to" in log and "resuming from" in log, log
+    resumed_from = re.search(r"resuming from \S*preempted-step0*(\d+)\.ckpt", log)
+    assert resumed_from and 0 < int(resumed_from[1]) < steps_per_epoch, log  # inside the first epoch
+    assert "not resumable" not in log, log
     state = json.loads((trial_dir / "state.json").read_text())
     assert state["state"] == "done" and state["attempts"] == 2, state
     result = json.loads((trial_dir / "result.json").read_text())
@@ -527,8 +540,13 @@ def test_usr1_requeues_and_resumes_with_the_same_wandb_run_and_metrics(cluster, 
     learnt = [k for k in expected["metrics"] if not k.endswith("samples_per_sec")]  # throughput is wall clock
     assert {k: result["metrics"][k] for k in learnt} == {k: expected["metrics"][k] for k in learnt}
     assert (result["epochs"], result["global_step"]) == (expected["epochs"], expected["global_step"])
-    runs = sorted((trial_dir / "wandb").glob("offline-run-*"))
-    assert len(runs) == 2 and {r.name.rsplit("-", 1)[1] for r in runs} == {result["wandb_run_id"]}, runs
+    a, b = (torch.load(d / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"] for d in (ref_dir, trial_dir))
+    assert all(torch.equal(a[k], b[k]) for k in a), "resume after USR1 is not bit-exact"
+
+    segments = offline_runs(trial_dir)
+    assert len(segments) == 2 and {read_run(p).run_id for p in segments} == {result["wandb_run_id"]}, segments
+    assert all(read_run(p).history for p in segments), "a W&B segment lost what it logged"
+    assert trained_steps(trial_dir) == list(range(2 * steps_per_epoch)) == trained_steps(ref_dir)
 
 
 @pytest.mark.slow
@@ -540,7 +558,7 @@ def test_two_task_ddp_trial_runs_through_srun(cluster, tmp_path, monkeypatch):
     job = job_id(fit_on_slurm(config, tmp_path / "runs", tmp_path, "--trainer.devices", "2",
                               "--trainer.strategy", "ddp", "--trainer.accelerator", "cpu"))
     ablation_dir = tmp_path / "runs" / "ddp"
-    assert "#SBATCH --ntasks-per-node=2" in (ablation_dir / "slurm" / "ablation.sbatch").read_text()
+    assert "#SBATCH --ntasks-per-node=2" in (ablation_dir / "slurm" / "ablation-1.sbatch").read_text()
     wait_done(cluster, job, ablation_dir, timeout=600)
     log = slurm_logs(ablation_dir)
     assert "GLOBAL_RANK: 0, MEMBER: 1/2" in log and "GLOBAL_RANK: 1, MEMBER: 2/2" in log, log

@@ -50,6 +50,16 @@ def test_paired_delta_with_one_shared_seed_has_no_interval_and_none_without_shar
     assert paired_delta({1: 0.9}, {0: 0.93}) is None
 
 
+def test_paired_differences_that_all_agree_claim_no_interval():
+    """Deterministic training can move the same examples on every seed: zero spread, which a t interval would show
+    as a single point ([+0.37, +0.37]), a certainty three seeds cannot give."""
+    base = {0: 0.9130, 1: 0.9152, 2: 0.9141}
+    d = paired_delta({s: v + 1 / 270 for s, v in base.items()}, base)
+    assert d.equal and d.ci is None and d.n == 3 and d.mean == pytest.approx(1 / 270)
+    spread = paired_delta({0: 0.92, 1: 0.93, 2: 0.9141 + 1 / 270}, base)
+    assert not spread.equal and spread.ci is not None
+
+
 def test_paired_interval_is_tighter_than_the_spread_of_either_arm():
     base = {s: 0.90 + 0.01 * s for s in range(5)}  # seeds move both arms together
     arm = {s: v + 0.005 + 0.0001 * (-1) ** s for s, v in base.items()}

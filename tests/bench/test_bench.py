@@ -13,9 +13,10 @@ import time
 import pytest
 
 from lightning_depth.__main__ import main as cli_main
-from lightning_depth.bench import command, pipeline
+from lightning_depth.ablation.launch_local import parse_summary, summary
+from lightning_depth.bench import command, pipeline, sweep
 from lightning_depth.bench.probes import run_probe
-from lightning_depth.bench.timing import Row, interleave, paired
+from lightning_depth.bench.timing import Config, Row, interleave, paired
 from lightning_depth.errors import UsageError
 
 ROW_KEYS = {"section", "name", "a", "b", "unit", "ratio", "low", "high", "n", "goal", "note", "met", "settled"}
@@ -133,10 +134,30 @@ def test_the_pipeline_fit_pairs_lightning_and_plain_windows(tmp_path):
     assert "lightning_depth.bench.pipeline.InMemoryImages" in (tmp_path / "config.yaml").read_text()
 
 
-@pytest.mark.slow  # every section at tiny sizes: about a minute on a 2-core machine, more when it is busy
+def test_the_sweep_section_reads_the_launchers_summary_line(tmp_path):
+    (tmp_path / "result.json").write_text(json.dumps({"wall_time_s": 6.0}))
+    line = summary([(tmp_path, 7.5), (tmp_path, 8.0)], 16.25, "forks of a fork server, forked from the launcher")
+    assert line.startswith("sweep: 2 trials in 16.2 s, 12.0 s of it training; start-up 1.75 s per trial")
+    assert parse_summary(f"earlier lines\n{line}\n") == {"trials": 2, "wall_s": 16.2, "training_s": 12.0,
+                                                          "startup_s": 1.75}
+    assert parse_summary("no summary here") is None
+
+
+@pytest.mark.slow  # two whole sweeps of two tiny trials, one of them a fresh interpreter per trial
+def test_the_sweep_section_runs_the_same_ablation_both_ways(tmp_path):
+    rows = sweep.measure(Config.make(True, rounds=1), time.monotonic() + 600, tmp_path)
+    assert [r.name.split(",")[1].strip() for r in rows[:2]] == ["fork server", "fresh process"]
+    fork, fresh, startup = rows
+    assert fork.goal == sweep.GOAL and fresh.goal is None
+    assert fork.n == fresh.n == startup.n == 1 and min(fork.ratio, fresh.ratio) > 1  # the sweep is more than training
+    assert "the whole command" in fork.note and "SLURM" in startup.note
+    assert not list((tmp_path / "sweep").glob("*/preact")), "each sweep's directory is removed once measured"
+
+
+@pytest.mark.slow  # every section at tiny sizes: minutes on a 2-core machine (the sweep section runs two sweeps)
 def test_quick_bench_prints_every_section_with_ratios(tmp_path):
     done = subprocess.run([sys.executable, "-m", "lightning_depth", "bench", "--quick"], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=300, env={**os.environ, "WANDB_MODE": "offline"})
+                          capture_output=True, text=True, timeout=900, env={**os.environ, "WANDB_MODE": "offline"})
     assert done.returncode == 0, done.stderr[-2000:]
     lines = done.stdout.splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("section"))

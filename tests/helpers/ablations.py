@@ -3,6 +3,7 @@ the ledger, compare and status."""
 
 import csv
 import json
+from datetime import datetime, timezone
 
 PREACT, BLOCK = "model.net.init_args.preact", "model.net.init_args.block"
 SEEDS = (0, 1, 2)
@@ -49,9 +50,12 @@ def write_trial_dir(root, arm, seed, state, with_result=None, resumed=False):
     (d / "config.yaml").write_text(f"seed_everything: {seed}\n")
     (d / "trial.json").write_text(json.dumps({"id": tid, "arm": arm, "seed": seed, "overrides": OVERRIDES[arm],
                                               "is_baseline": arm == "baseline"}))
+    # A running trial is alive: it trains on another node and its heartbeat is fresh.
+    heartbeat = datetime.now(timezone.utc).isoformat(timespec="seconds") if state == "running" else None
     (d / "state.json").write_text(json.dumps({"state": state, "reason": "CUDA out of memory" if state == "failed"
                                               else None, "attempts": 1, "updated": "2025-01-01T00:00:00+00:00",
-                                              "host": "node1", "pid": 123, "slurm_job": None}))
+                                              "host": "node1", "pid": 123, "slurm_job": None,
+                                              "heartbeat": heartbeat}))
     final = ACC[arm][seed]
     if resumed:  # preempted during epoch 2, resumed: epoch 2 appears in both versions, the second one counts
         write_metrics_csv(d / "csv" / "version_0" / "metrics.csv", final, [0, 1, 2], corrupt_last=True)

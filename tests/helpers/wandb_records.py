@@ -53,10 +53,12 @@ class OfflineRun:
     tags: list[str] = field(default_factory=list)
     config: dict[str, Any] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
+    exit_code: int | None = None  # set once the run was finished (W&B wrote its exit record)
+    summary: dict[str, Any] = field(default_factory=dict)
 
 
 def read_run(path: str | Path) -> OfflineRun:
-    """The run record, the merged config and every history row of one ``run-*.wandb`` file."""
+    """The run record, the merged config, every history row and the summary of one ``run-*.wandb`` file."""
     from wandb.proto import wandb_internal_pb2
 
     run = OfflineRun()
@@ -73,15 +75,32 @@ def read_run(path: str | Path) -> OfflineRun:
         elif kind == "config":
             for item in record.config.update:
                 run.config[item.key] = json.loads(item.value_json)
+        elif kind == "exit":
+            run.exit_code = record.exit.exit_code
         elif kind == "history":
             row = {}
             for item in record.history.item:
                 key = item.key or "/".join(item.nested_key)
                 row[key] = json.loads(item.value_json)
             run.history.append(row)
+        elif kind == "summary":
+            for item in record.summary.update:
+                run.summary[item.key or "/".join(item.nested_key)] = json.loads(item.value_json)
     return run
 
 
 def offline_runs(root: str | Path) -> list[Path]:
     """Every ``.wandb`` file written under ``root``."""
     return sorted(Path(root).rglob("offline-run-*/run-*.wandb"))
+
+
+def service_log(wandb_file: str | Path) -> Path:
+    """The log of the W&B service (wandb-core) that wrote this run: one service, one log file."""
+    return (Path(wandb_file).parent / "logs" / "debug-core.log").resolve()
+
+
+def connected_to_a_running_service(wandb_file: str | Path) -> bool:
+    """Whether the process that started this run used a service already running (W&B's ``WANDB_SERVICE``)
+    instead of starting its own."""
+    log = Path(wandb_file).parent / "logs" / "debug.log"
+    return "existing wandb-core service via WANDB_SERVICE" in log.read_text(errors="replace")
