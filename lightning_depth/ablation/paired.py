@@ -316,6 +316,9 @@ def _seed_level(report: Report, arm: str, key: str, trials: dict[int, Trial], ba
     values = {s: (seed_value(t, key), seed_value(base[s], key)) for s, t in trials.items() if s in base}
     diffs = [a - b for a, b in values.values() if a is not None and b is not None]
     observed = float(np.mean(diffs)) if diffs else None
+    scale = max([1.0] + [abs(v) for pair in values.values() for v in pair if v is not None])
+    if observed is not None and abs(observed) < 1e-6 * scale:  # equal values up to float32 rounding (torchmetrics)
+        observed = 0.0
     effect, named = _effect(report, key, observed, min_effect)
     sd = float(np.std(diffs, ddof=1)) if len(diffs) > 1 else math.nan
     comparison = Comparison(arm, key, len(diffs), effect, named, sd, None, None, paired_t_p(diffs))

@@ -101,6 +101,8 @@ def count_notes(report: Report) -> list[str]:
         lines.append(f"{NOT_SAME_SEEDS} the means of this arm or of the baseline include seeds the other has no result "
                      "for; the Δ pairs only the seeds both have (its pairs), so it may differ from the difference of "
                      "the means.")
+    lines += [f"Interrupted: {t.id} ({t.arm}, seed {t.seed}): {t.interrupted}; a relaunch resumes it."
+              for t in report.ablation.trials if t.interrupted is not None]
     return lines
 
 
@@ -221,7 +223,9 @@ def _json(report: Report, analysis: Analysis) -> str:
         arms.append({"arm": arm.name, **_arm_counts(arm), "params": arm.params, "macs": arm.macs,
                      "wall_time_s": _num(arm.wall_time_s), "metrics": metrics})
     return json.dumps({"ablation": report.ablation.name, "baseline": report.baseline, "metric": report.metric,
-                       "ci": report.ci, "per_example_ci": LABEL, "arms_compared": analysis.arms_compared,
+                       "ci": report.ci, "interrupted": [{"id": t.id, "arm": t.arm, "seed": t.seed, "why": t.interrupted}
+                                                        for t in report.ablation.trials if t.interrupted is not None],
+                       "per_example_ci": LABEL, "arms_compared": analysis.arms_compared,
                        "seeds_advice": {"confidence": CONFIDENCE, "power": POWER,
                                         "min_effect": analysis.min_effect}, "arms": arms}, indent=2)
 
@@ -295,6 +299,8 @@ def paired_notes(report: Report, analysis: Analysis) -> list[str]:
                 p = c.per_example
                 advice.append(f"{p.seeds_needed} with the per-example interval" if p.seeds_needed
                               else f"per-example: {p.why}")
+                if not (c.seeds_needed or p.seeds_needed) and c.why == p.why:
+                    advice = [c.why or ""]  # one reason for both
             delta = arm.metrics[key].delta if key in arm.metrics else None
             shown = f" (Δ {_fmt(report, key, delta, sign=True)})" if delta is not None else ""
             lines.append(f"- {arm.name}{shown}: " + "; ".join(advice))

@@ -282,6 +282,9 @@ def _owners(ablation_dir: Path, states: dict[Path, ledger.TrialState], ignore_qu
                 raise UsageError(f"cannot tell which trials job {', '.join(jobs)} of this ablation still holds: "
                                  f"{err}; nothing was launched. Check with squeue -j {','.join(jobs)}, then pass "
                                  "--ignore-queue to go ahead anyway") from None
+            if jobs:
+                print(f"--ignore-queue: going ahead although SLURM could not be asked about job "
+                      f"{', '.join(jobs)} ({err})", file=sys.stderr)
     owners = slurm.owned_trials(ablation_dir, queue) if queue is not None and jobs else {}
     for trial_dir, state in running.items():
         found = liveness.owner(state, queue)

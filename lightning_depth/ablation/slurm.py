@@ -303,8 +303,7 @@ def check_queue_clear(ablation_dir: Path, ignore_queue: bool = False) -> None:
             raise UsageError(f"cannot tell whether job {', '.join(jobs)} of this ablation still holds trials: {err}; "
                              f"nothing was submitted. Check with squeue -j {','.join(jobs)}, then pass "
                              "--ignore-queue to go ahead anyway") from None
-        print(f"--ignore-queue: going ahead although SLURM could not be asked ({err})", file=sys.stderr)
-        return
+        return  # the caller was told, and said to go ahead
     active = {job: state for job, state in states.items() if state in ACTIVE_STATES}
     if active:
         job = sorted(active)[0].split("_")[0]

@@ -59,8 +59,8 @@ def test_markdown_shows_mean_std_in_percent_and_marks_the_baseline(done):
 
 def test_json_has_exactly_the_documented_shape(done):
     data = json.loads(render(report.build_report(done), "json"))
-    assert set(data) == {"ablation", "baseline", "metric", "ci", "per_example_ci", "arms_compared", "seeds_advice",
-                         "arms"}
+    assert set(data) == {"ablation", "baseline", "metric", "ci", "interrupted", "per_example_ci", "arms_compared",
+                         "seeds_advice", "arms"}
     assert (data["ablation"], data["baseline"], data["metric"], data["ci"]) == (
         "preact", "baseline", "val/acc1", "paired t, 95%")
     for arm in data["arms"]:
@@ -169,8 +169,12 @@ def test_a_running_trial_whose_process_is_gone_is_interrupted_with_the_reason(tm
     row = next(r for r in data["trials"] if r["id"] == running.id)
     assert (row["state"], row["reason"]) == ("interrupted", f"pid {gone.pid} on {socket.gethostname()} is gone")
     assert data["totals"]["interrupted"] == 1 and data["totals"]["running"] == 0
-    text = render(report.build_report(root), "markdown")
-    assert "| baseline (baseline) | 2 | 2 | 0 | 0 | 1 (1 interrupted) |" in text and "1 interrupted" in text
+    rep = report.build_report(root)
+    text = render(rep, "markdown")
+    assert "| baseline (baseline) | 2 | 2 | 0 | 0 | 1 (1 interrupted) |" in text
+    assert f"Interrupted: {running.id} (baseline, seed 2): pid {gone.pid} on {socket.gethostname()} is gone" in text
+    assert json.loads(render(rep, "json"))["interrupted"] == [
+        {"id": running.id, "arm": "baseline", "seed": 2, "why": f"pid {gone.pid} on {socket.gethostname()} is gone"}]
 
 
 def test_plots_are_written_next_to_the_results(done):
