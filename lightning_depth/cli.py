@@ -29,6 +29,13 @@ from lightning_depth import fmt
 from lightning_depth.ablation.run import run_ablation
 from lightning_depth.callbacks import Diverged, EpochLines, EpochReseed, PredictionWriter, RunResult, describe_result
 from lightning_depth.checkpoints import AtomicCheckpointIO, Preemption
+from lightning_depth.configs import (
+    IMPORT_ALLOWLIST_KEY,
+    TRUSTED_IMPORTS,
+    UNTRUSTED_WITHIN,
+    import_allowlist,
+    one_line,
+)
 from lightning_depth.data.base import describe_data
 from lightning_depth.errors import UsageError
 from lightning_depth.evidence_callback import SaveEvidence
@@ -38,17 +45,12 @@ from lightning_depth.models.complexity import InputSizeError, profile_model
 from lightning_depth.module import ImageClassifier
 from lightning_depth.runs import (
     CHECKPOINT_DIR,
-    IMPORT_ALLOWLIST_KEY,
     PREEMPTION_PREFIX,
-    TRUSTED_IMPORTS,
-    UNTRUSTED_WITHIN,
     check_checkpoint,
     evaluation_checkpoint,
     flatten,
     git_revision,
-    import_allowlist,
     is_rank_zero,
-    one_line,
     prepare_run,
     resolved_config,
     start_run,

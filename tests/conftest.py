@@ -24,6 +24,13 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture(autouse=True)
+def own_wandb_service(monkeypatch):
+    """A sweep run inside this process shares its W&B service with its trials through ``WANDB_SERVICE``; every test
+    starts without it, so that its commands start their own service, as a user's commands do."""
+    monkeypatch.delenv("WANDB_SERVICE", raising=False)
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """Tiny tensors: on a shared CPU a second intra-op thread only adds synchronisation (and spin-waiting)."""

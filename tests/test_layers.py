@@ -17,7 +17,7 @@ LAYERS = [
     ("models, data", ["lightning_depth.models", "lightning_depth.data"]),
     ("module, callbacks", ["lightning_depth.module", "lightning_depth.callbacks", "lightning_depth.loggers",
                            "lightning_depth.evidence_callback", "lightning_depth.checkpoints"]),
-    ("run plumbing", ["lightning_depth.runs"]),
+    ("run plumbing", ["lightning_depth.runs", "lightning_depth.configs"]),
     ("ablation", ["lightning_depth.ablation"]),
     ("commands", ["lightning_depth.cli", "lightning_depth.commands", "lightning_depth.bench",
                   "lightning_depth.__main__"]),

@@ -13,10 +13,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from lightning_depth.configs import one_line
 from lightning_depth.errors import UsageError
 from lightning_depth.metrics import BEST_SUFFIX
 from lightning_depth.module import LOGGED_METRICS
-from lightning_depth.runs import one_line
 
 # The report metric of an ablation: what fit logs, or its best epoch (val/loss_best); trials run fit only.
 REPORT_METRICS = (*LOGGED_METRICS["fit"],

@@ -28,7 +28,7 @@ from types import TracebackType
 
 from lightning_depth.ablation import ledger
 from lightning_depth.ablation.ledger import Ablation, TrialState
-from lightning_depth.ablation.slurm import ACTIVE_STATES, QueueUnavailable, ask_queue
+from lightning_depth.ablation.slurm_queue import ACTIVE_STATES, QueueUnavailable, ask_queue
 
 HEARTBEAT_S = 30.0
 # Ten heartbeats missed: long enough for a stalled shared filesystem or a few minutes of clock skew between nodes.

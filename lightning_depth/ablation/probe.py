@@ -20,11 +20,11 @@ from jsonargparse import Namespace
 
 from lightning_depth import fmt
 from lightning_depth.ablation import launch_local, ledger
+from lightning_depth.configs import one_line
 from lightning_depth.data.synthetic import RandomImages
 from lightning_depth.errors import UsageError
 from lightning_depth.models import logits_and_aux
 from lightning_depth.models.complexity import profile_model
-from lightning_depth.runs import one_line
 
 PROBE_STEPS = 3
 STARTUP_RUNS = 2  # through a fork server: the first trial also waits for the server's imports

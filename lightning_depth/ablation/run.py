@@ -21,20 +21,22 @@ from typing import Any
 import torch
 import yaml
 
-from lightning_depth.ablation import launch_local, ledger, liveness, slurm
+from lightning_depth.ablation import launch_local, ledger, liveness, slurm, slurm_queue
 from lightning_depth.ablation.checks import absolute_paths, check_data, check_distinct, check_metric, check_parallel
 from lightning_depth.ablation.paired import analyse
 from lightning_depth.ablation.plots import write_plots
 from lightning_depth.ablation.probe import print_dry_run
 from lightning_depth.ablation.render import render
 from lightning_depth.ablation.report import build_report
-from lightning_depth.ablation.slurm import QueueUnavailable, SlurmOptions
+from lightning_depth.ablation.slurm import SlurmOptions
+from lightning_depth.ablation.slurm_queue import QueueUnavailable
 from lightning_depth.ablation.spec import AblationSpec, Arm, parse_spec, short_keys, trial_id, trials
 from lightning_depth.ablation.wandb_report import publish, trials_log_to_wandb
 from lightning_depth.atomic import write_atomic
+from lightning_depth.configs import IMPORT_ALLOWLIST_KEY, one_line
 from lightning_depth.errors import UsageError
 from lightning_depth.metrics import RESULT_FILE
-from lightning_depth.runs import DRIVER_KEYS, IMPORT_ALLOWLIST_KEY, check_writable, one_line, resolved_config
+from lightning_depth.runs import DRIVER_KEYS, check_writable, resolved_config
 
 # Keys left out of the content hash: where a trial writes is derived from its id, not part of it, and the imports a
 # config allows change what may be named, not what is trained.
@@ -271,12 +273,12 @@ def _owners(ablation_dir: Path, states: dict[Path, ledger.TrialState], ignore_qu
     """Trial directory -> who holds it: an active task of a job submitted for this ablation (the queue must answer,
     or ``ignore_queue`` say to go ahead), or the live process or job of a trial that is running."""
     running = {d: s for d, s in states.items() if s.state == "running"}
-    jobs = slurm.submitted_jobs(ablation_dir)
+    jobs = slurm_queue.submitted_jobs(ablation_dir)
     asked = list(dict.fromkeys([*jobs, *(str(s.slurm_job) for s in running.values() if s.slurm_job)]))
     queue: dict[str, str] | None = None
     if asked:
         try:
-            queue = slurm.ask_queue(asked)
+            queue = slurm_queue.ask_queue(asked)
         except QueueUnavailable as err:
             if jobs and not ignore_queue:
                 raise UsageError(f"cannot tell which trials job {', '.join(jobs)} of this ablation still holds: "
@@ -285,7 +287,7 @@ def _owners(ablation_dir: Path, states: dict[Path, ledger.TrialState], ignore_qu
             if jobs:
                 print(f"--ignore-queue: going ahead although SLURM could not be asked about job "
                       f"{', '.join(jobs)} ({err})", file=sys.stderr)
-    owners = slurm.owned_trials(ablation_dir, queue) if queue is not None and jobs else {}
+    owners = slurm_queue.owned_trials(ablation_dir, queue) if queue is not None and jobs else {}
     for trial_dir, state in running.items():
         found = liveness.owner(state, queue)
         if found.alive:

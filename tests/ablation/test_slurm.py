@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lightning_depth.ablation import slurm
+from lightning_depth.ablation import slurm, slurm_queue
 from lightning_depth.ablation.slurm import Resources, SlurmOptions, derive_resources, render_script, submit
 from lightning_depth.commands import trial
 from lightning_depth.errors import UsageError
@@ -235,7 +235,7 @@ def test_trials_sized_differently_from_the_job_are_refused(tmp_path):
 
 def test_queue_states_without_squeue_is_empty(monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path))
-    assert slurm.queue_states(["1"]) == {}
+    assert slurm_queue.queue_states(["1"]) == {}
 
 
 # ---------------------------------------------------------------------------------------------------- cluster
@@ -306,7 +306,7 @@ def test_array_job_runs_each_trial_once_with_paths_unchanged(cluster, tmp_path, 
     assert (ablation_dir / "slurm" / "trials-1.txt").read_text().splitlines() == [str(t) for t in trials]
     states = cluster.wait_job(job, timeout=120)
     assert states == {f"{job}_{i}": "COMPLETED" for i in range(3)}
-    assert slurm.queue_states([job]) == states
+    assert slurm_queue.queue_states([job]) == states
     for index, trial_dir in enumerate(trials):
         record = json.loads((trial_dir / "ran-0.json").read_text())
         assert record["argv"] == ["-m", "lightning_depth", "trial", str(trial_dir)]
@@ -317,7 +317,7 @@ def test_array_job_runs_each_trial_once_with_paths_unchanged(cluster, tmp_path, 
         log = ablation_dir / "slurm" / "logs" / f"{job}_{index}.out"
         assert f"attempt 1 on {cluster.node}: {trial_dir}" in log.read_text()
     assert not list(tmp_path.rglob("pwned*"))
-    assert slurm.submitted_jobs(ablation_dir) == [job]
+    assert slurm_queue.submitted_jobs(ablation_dir) == [job]
 
 
 @pytest.mark.slow
@@ -480,7 +480,7 @@ def test_resubmission_skips_done_trials(cluster, sweep):
     assert {n: (ablation_dir / n / "result.json").stat().st_mtime_ns for n in done_before} == done_before
     again = fit_on_slurm(config, sweep["root"], home)
     assert "nothing to submit" in again.stderr + again.stdout
-    assert slurm.submitted_jobs(ablation_dir) == [sweep["job"], job]
+    assert slurm_queue.submitted_jobs(ablation_dir) == [sweep["job"], job]
 
 
 def wait_for_steps(trial_dir: Path, steps: int, timeout: float, logs: Path) -> None:

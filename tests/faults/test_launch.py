@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lightning_depth.ablation import slurm
+from lightning_depth.ablation import slurm_queue
 from lightning_depth.ablation.launch_local import slot_env
 from lightning_depth.commands import status
 from lightning_depth.data.synthetic import write_image_folder
@@ -165,7 +165,7 @@ def test_submission_fails_closed_and_every_job_keeps_its_own_trials(cluster, tmp
 
     # The design changes (arms in the other order, a second seed), and the queue cannot answer: nothing moves.
     second = experiment(tmp_path / "second.yaml", preact=(True, False), seeds=(0, 1), slurm=options)
-    monkeypatch.setattr(slurm, "SQUEUE_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(slurm_queue, "SQUEUE_TIMEOUT_S", 1.0)
     real_path = os.environ["PATH"]
     for behaviour, why in (("fails", "squeue failed: squeue: error: Unable to contact slurm controller"),
                            ("hangs", "squeue did not answer within 1 s"), (None, "squeue not found")):
@@ -206,7 +206,7 @@ def test_submission_fails_closed_and_every_job_keeps_its_own_trials(cluster, tmp
     for job, trials in ((job_a, listed), (job_b, second_list)):
         for index, trial in enumerate(trials):
             assert (Path(trial) / f"ran-{job}_{index}").read_text() == trial
-    assert slurm.submitted_jobs(ablation) == [job_a, job_b]
+    assert slurm_queue.submitted_jobs(ablation) == [job_a, job_b]
 
 
 @pytest.mark.slow

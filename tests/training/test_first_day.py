@@ -159,7 +159,7 @@ def test_predict_on_cifar_names_its_split_and_the_release_s_class_names(trained,
     (root / "cifar-10-batches-py" / "batches.meta").write_bytes(pickle.dumps({b"label_names": [n.encode()
                                                                                                 for n in names]}))
     out = tmp_path / "out"
-    shutil.copytree(run, out)
+    shutil.copytree(run, out, symlinks=True)
     cli("predict", "--config", str(config), "--trainer.default_root_dir", str(out),
         "--data", "lightning_depth.data.CIFAR10DataModule", "--data.init_args.root", str(root),
         "--data.init_args.val_split", "10", "--data.init_args.predict_split", "val",
