@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.helpers import slurm_cluster
 from tests.helpers.cli import CONFIGS
 
 os.environ.setdefault("WANDB_MODE", "offline")
@@ -38,6 +39,24 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A real single-node SLURM cluster for the module that asks for it; SLURM clients find it through SLURM_CONF."""
+    try:
+        started = slurm_cluster.start()
+    except slurm_cluster.ClusterUnavailableError as err:
+        pytest.skip(f"cannot start a SLURM cluster here: {err}")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SLURM_CONF", str(started.conf))
+        # sbatch exports the submitter's environment (--export=ALL): trials log to W&B offline.
+        patch.setenv("WANDB_MODE", "offline")
+        print(started.run("sinfo").stdout)
+        try:
+            yield started
+        finally:
+            started.stop()
 
 
 @pytest.fixture

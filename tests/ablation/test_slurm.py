@@ -24,7 +24,6 @@ from lightning_depth.ablation import slurm, slurm_queue
 from lightning_depth.ablation.slurm import Resources, SlurmOptions, derive_resources, render_script, submit
 from lightning_depth.commands import trial
 from lightning_depth.errors import UsageError
-from tests.helpers import slurm_cluster
 from tests.helpers.wandb_records import offline_runs, read_run
 
 REPO = Path(__file__).resolve().parents[2]
@@ -239,24 +238,6 @@ def test_queue_states_without_squeue_is_empty(monkeypatch, tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------------- cluster
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    """A real single-node cluster for this module; SLURM clients find it through SLURM_CONF."""
-    try:
-        started = slurm_cluster.start()
-    except slurm_cluster.ClusterUnavailableError as err:
-        pytest.skip(f"cannot start a SLURM cluster here: {err}")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("SLURM_CONF", str(started.conf))
-        # sbatch exports the submitter's environment (--export=ALL): trials log to W&B offline.
-        patch.setenv("WANDB_MODE", "offline")
-        print(started.run("sinfo").stdout)
-        try:
-            yield started
-        finally:
-            started.stop()
 
 
 def stand_in_python(tmp_path: Path, seconds: float = 0) -> str:

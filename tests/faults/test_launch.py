@@ -25,7 +25,6 @@ from lightning_depth.ablation.launch_local import slot_env
 from lightning_depth.commands import status
 from lightning_depth.data.synthetic import write_image_folder
 from tests.faults.sweeps import experiment, program, queue_that, snapshot, stand_in_python
-from tests.helpers import slurm_cluster
 from tests.helpers.cli import cli, cli_in_process
 
 
@@ -124,22 +123,6 @@ def test_a_trial_runs_the_same_from_any_directory(tmp_path, monkeypatch, capfd):
 
 
 # ------------------------------------------------------------------------------------------------------ SLURM
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    """A real single-node cluster for this module; SLURM clients find it through SLURM_CONF."""
-    try:
-        started = slurm_cluster.start()
-    except slurm_cluster.ClusterUnavailableError as err:
-        pytest.skip(f"cannot start a SLURM cluster here: {err}")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("SLURM_CONF", str(started.conf))
-        patch.setenv("WANDB_MODE", "offline")
-        try:
-            yield started
-        finally:
-            started.stop()
 
 
 def wait_for(cluster, job: str, wanted: dict[str, str], timeout: float = 60) -> None:
