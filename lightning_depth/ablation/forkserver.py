@@ -23,6 +23,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import ctypes
+import gc
 import importlib
 import json
 import logging
@@ -244,6 +245,10 @@ def serve(requests: int, events: int, preload: Sequence[str], canary: bool = Fal
     for name in preload:
         with contextlib.suppress(ImportError):  # an optional package (W&B) may be missing
             importlib.import_module(name)
+    # What the server holds is never garbage: out of the collector's sight, a fork's collections stay as short as a
+    # fresh interpreter's instead of walking (and copying, page by page) the millions of objects of torch & co.
+    gc.collect()
+    gc.freeze()
     children: dict[int, Any] = {}
     buffer, listening = b"", True
     while listening or children:

@@ -71,6 +71,9 @@ class Forks:
     def wait(self, seconds: float) -> None:
         self.server.wait(seconds)
 
+    def kill(self, key: int) -> None:
+        self.server.kill(key)
+
     def close(self) -> None:
         self.server.close()
 
@@ -97,6 +100,9 @@ class Processes:
 
     def wait(self, seconds: float) -> None:
         time.sleep(seconds)
+
+    def kill(self, key: int) -> None:
+        self.procs[key].kill()
 
     def close(self) -> None:
         pass

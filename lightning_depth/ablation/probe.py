@@ -28,6 +28,7 @@ from lightning_depth.models.complexity import profile_model
 
 PROBE_STEPS = 3
 STARTUP_RUNS = 2  # through a fork server: the first trial also waits for the server's imports
+STARTUP_TIMEOUT_S = 600.0
 
 
 def probe_arm(parser: Any, cfg: Any) -> dict[str, Any]:
@@ -130,6 +131,9 @@ def measure_startup(parser: Any, trial: Any, fork_server: bool = True) -> dict[s
                 start = time.perf_counter()
                 starter.start(key, trial_dir, env)
                 while (code := starter.poll(key)) is None:
+                    if time.perf_counter() - start > STARTUP_TIMEOUT_S:
+                        starter.kill(key)
+                        return {"error": f"it did not end within {STARTUP_TIMEOUT_S:.0f} s"}
                     starter.wait(0.05)
                 process_s = time.perf_counter() - start
                 fit_s = (ledger.read_result(trial_dir) or {}).get("wall_time_s")

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from lightning_depth.ablation.probe import sweep_seconds
 from tests.helpers.cli import CONFIGS, ROOT, cli, cli_in_process
 from tests.helpers.wandb_records import connected_to_a_running_service, offline_runs, read_run, service_log
 
@@ -177,6 +178,17 @@ def test_a_killed_sweep_resumes_and_ends_exactly_like_an_uninterrupted_one(tmp_p
     # Trial ids are content-addressed, so both sweeps name the same trials; their results are identical: a forked
     # trial trains exactly as a fresh interpreter does.
     assert _results(straight / "preact") == _results(killed / "preact")
+
+
+def test_the_dry_run_estimate_adds_each_trials_start_up_and_overlaps_trials_where_slots_have_their_own_device():
+    startup, trials = {"per_trial_s": 2.0, "once_s": 3.0}, [10.0, 10.0, 20.0, 20.0]
+    assert sweep_seconds(trials, startup, slots=1, gpus=0) == 3 + 60 + 4 * 2
+    # CPU slots split the cores: the training takes as long, only the start-ups overlap.
+    assert sweep_seconds(trials, startup, slots=2, gpus=0) == 3 + 60 + 4 * 2 / 2
+    # One GPU per slot: trials start in launch order as slots free up.
+    assert sweep_seconds(trials, startup, slots=2, gpus=2) == 3 + (10 + 2) + (20 + 2)
+    assert sweep_seconds(trials, startup, slots=4, gpus=2) == 3 + (10 + 2) + (20 + 2)
+    assert sweep_seconds(trials, {"error": "the data is not there"}, slots=1, gpus=0) == 60
 
 
 def test_dry_run_prints_the_matrix_and_trains_nothing(tmp_path):
