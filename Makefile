@@ -27,13 +27,16 @@ browser-packages:
 lint: setup
 	$(PY) -m ruff check .
 
-# The linter, then the whole suite, slow tests (training, DDP, SLURM) included.
+# The linter, then the whole suite, slow tests (training, DDP, SLURM) included, in one pytest-xdist worker per core
+# (at most 4). A test file runs whole in one worker (--dist loadfile), so its module fixtures (a sweep, a cluster's
+# jobs) are set up once, as in a serial run.
+TEST_WORKERS ?= auto
 test: lint slurm-packages browser-packages
-	WANDB_MODE=offline $(PY) -m pytest -q
+	WANDB_MODE=offline $(PY) -m pytest -q -n $(TEST_WORKERS) --maxprocesses 4 --dist loadfile
 
 # The fast tests only (no training, no cluster).
 test-fast: lint
-	WANDB_MODE=offline $(PY) -m pytest -q -m "not slow"
+	WANDB_MODE=offline $(PY) -m pytest -q -n $(TEST_WORKERS) --maxprocesses 4 --dist loadfile -m "not slow"
 
 # The headline ablation on the embedded digits: post- vs pre-activation ResNet-20, three seeds, then the table.
 quickstart: setup

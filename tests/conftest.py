@@ -41,9 +41,11 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def cluster():
-    """A real single-node SLURM cluster for the module that asks for it; SLURM clients find it through SLURM_CONF."""
+    """A real single-node SLURM cluster, started by the first test that asks for it and stopped when the session ends
+    (under pytest-xdist: one per worker that runs such a test, each with its own ports, munge socket and state);
+    SLURM clients find it through SLURM_CONF."""
     try:
         started = slurm_cluster.start()
     except slurm_cluster.ClusterUnavailableError as err:

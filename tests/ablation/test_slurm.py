@@ -12,7 +12,6 @@ import re
 import shlex
 import stat
 import subprocess
-import sys
 import textwrap
 import time
 from pathlib import Path
@@ -24,6 +23,7 @@ from lightning_depth.ablation import slurm, slurm_queue
 from lightning_depth.ablation.slurm import Resources, SlurmOptions, derive_resources, render_script, submit
 from lightning_depth.commands import trial
 from lightning_depth.errors import UsageError
+from tests.helpers.cli import cli
 from tests.helpers.wandb_records import offline_runs, read_run
 
 REPO = Path(__file__).resolve().parents[2]
@@ -366,11 +366,8 @@ def write_config(path: Path, name: str, seeds: list[int], preact: list[bool], **
 
 def fit_on_slurm(config: Path, root: Path, cwd: Path, *args: str) -> subprocess.CompletedProcess:
     """``python -m lightning_depth fit --config CONFIG --launcher slurm``, as a user types it on a login node."""
-    proc = subprocess.run([sys.executable, "-m", "lightning_depth", "fit", "--config", str(config),
-                           "--trainer.default_root_dir", str(root), "--launcher", "slurm", *args],
-                          cwd=cwd, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr[-4000:]}"
-    return proc
+    return cli("fit", "--config", str(config), "--trainer.default_root_dir", str(root), "--launcher", "slurm", *args,
+               cwd=cwd, timeout=300)
 
 
 def job_id(proc: subprocess.CompletedProcess) -> str:
@@ -380,10 +377,7 @@ def job_id(proc: subprocess.CompletedProcess) -> str:
 
 
 def status(ablation_dir: Path) -> dict:
-    proc = subprocess.run([sys.executable, "-m", "lightning_depth", "status", str(ablation_dir), "--format", "json"],
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    return json.loads(proc.stdout)
+    return json.loads(cli("status", str(ablation_dir), "--format", "json", timeout=120).stdout)
 
 
 def slurm_logs(ablation_dir: Path) -> str:
@@ -397,9 +391,10 @@ def wait_done(cluster, job: str, ablation_dir: Path, timeout: float) -> dict[str
     return states
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def sweep(cluster, tmp_path_factory):
-    """A two-arm ablation submitted from, and written under, directories full of shell syntax."""
+    """A two-arm ablation submitted from, and written under, directories full of shell syntax, once per session (the
+    tests that share it may run in any order: ``status`` is what it was when the job ended)."""
     home = tmp_path_factory.mktemp("sweep") / NASTY
     home.mkdir()
     config = write_config(home / "ablation.yaml", "sweep", seeds=[0], preact=[False, True])
@@ -411,7 +406,8 @@ def sweep(cluster, tmp_path_factory):
     ablation_dir = root / "sweep"
     states = wait_done(cluster, job, ablation_dir, timeout=600)
     print(f"sweep: {len(states)} trials in {time.monotonic() - start:.0f} s\n{proc.stdout}")
-    return {"home": home, "config": config, "root": root, "dir": ablation_dir, "job": job, "submit": proc}
+    return {"home": home, "config": config, "root": root, "dir": ablation_dir, "job": job, "submit": proc,
+            "status": status(ablation_dir), "trials": sorted(p.parent for p in ablation_dir.glob("*/config.yaml"))}
 
 
 @pytest.mark.slow
@@ -420,9 +416,7 @@ def test_sweep_runs_every_trial_to_done(sweep):
     ablation_dir, job = sweep["dir"], sweep["job"]
     out = sweep["submit"].stdout
     assert f"squeue -j {job}" in out and "lightning_depth status" in out and f"{job}_<task>.out" in out
-    report = status(ablation_dir)
-    print(subprocess.run([sys.executable, "-m", "lightning_depth", "status", str(ablation_dir)],
-                         capture_output=True, text=True).stdout)
+    report = sweep["status"]
     assert report["totals"]["done"] == 2, report
     for row in report["trials"]:
         assert row["attempts"] == 1 and row["slurm_job"].startswith(f"{job}_"), row
@@ -436,8 +430,7 @@ def test_sweep_runs_every_trial_to_done(sweep):
 @pytest.mark.timeout(300)
 def test_config_values_reach_the_trial_unchanged(sweep):
     """The running trial logs its resolved config; shell syntax in paths and values arrives byte for byte."""
-    ablation_dir = sweep["dir"]
-    for trial_dir in sorted(p.parent for p in ablation_dir.glob("*/config.yaml")):
+    for trial_dir in sweep["trials"]:
         hparams = yaml.safe_load(next(trial_dir.glob("csv/version_*/hparams.yaml")).read_text())
         assert hparams["trainer.default_root_dir"] == str(trial_dir)
         wandb_args = next(lg["init_args"] for lg in hparams["trainer.logger"] if "Wandb" in lg["class_path"])

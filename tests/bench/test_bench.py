@@ -16,7 +16,7 @@ from lightning_depth.__main__ import main as cli_main
 from lightning_depth.ablation.launch_local import parse_summary, summary
 from lightning_depth.bench import command, pipeline, sweep
 from lightning_depth.bench.probes import run_probe
-from lightning_depth.bench.timing import Config, Row, interleave, paired
+from lightning_depth.bench.timing import Row, interleave, paired
 from lightning_depth.errors import UsageError
 
 ROW_KEYS = {"section", "name", "a", "b", "unit", "ratio", "low", "high", "n", "goal", "note", "met", "settled"}
@@ -143,26 +143,21 @@ def test_the_sweep_section_reads_the_launchers_summary_line(tmp_path):
     assert parse_summary("no summary here") is None
 
 
-@pytest.mark.slow  # two whole sweeps of two tiny trials, one of them a fresh interpreter per trial
-def test_the_sweep_section_runs_the_same_ablation_both_ways(tmp_path):
-    rows = sweep.measure(Config.make(True, rounds=1), time.monotonic() + 600, tmp_path)
-    assert [r.name.split(",")[1].strip() for r in rows[:2]] == ["fork server", "fresh process"]
-    fork, fresh, startup = rows
-    assert fork.goal == sweep.GOAL and fresh.goal is None
-    assert fork.n == fresh.n == startup.n == 1 and min(fork.ratio, fresh.ratio) > 1  # the sweep is more than training
-    assert "the whole command" in fork.note and "SLURM" in startup.note
-    assert not list((tmp_path / "sweep").glob("*/preact")), "each sweep's directory is removed once measured"
-
-
-@pytest.mark.slow  # every section at tiny sizes: minutes on a 2-core machine (the sweep section runs two sweeps)
-def test_quick_bench_prints_every_section_with_ratios(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "lightning_depth", "bench", "--quick"], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=900, env={**os.environ, "WANDB_MODE": "offline"})
+@pytest.mark.slow  # every section at tiny sizes, the sweep section's two sweeps of two tiny trials included: 2 min
+def test_quick_bench_measures_every_section_and_runs_the_sweep_both_ways(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "lightning_depth", "bench", "--quick", "--format", "json"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=900,
+                          env={**os.environ, "WANDB_MODE": "offline"})
     assert done.returncode == 0, done.stderr[-2000:]
-    lines = done.stdout.splitlines()
-    header = next(i for i, line in enumerate(lines) if line.startswith("section"))
-    assert lines[header].split() == ["section", "comparison", "A", "B", "ratio", "range", "n", "goal", "met"]
-    sections = {line.split()[0] for line in lines[header + 1:] if line.strip() and not line.startswith(" ")
-                and line.split()[0] in command.SECTIONS}
-    assert sections == set(command.SECTIONS)
-    assert not list(tmp_path.iterdir()), "the bench writes only into its temporary directory"
+    report = json.loads(done.stdout)
+    assert {row["section"] for row in report["rows"]} == set(command.SECTIONS) == set(report["sections"])
+    header = next(line for line in command.format_table(report).splitlines() if line.startswith("section"))
+    assert header.split() == ["section", "comparison", "A", "B", "ratio", "range", "n", "goal", "met"]
+
+    fork, fresh, startup = (row for row in report["rows"] if row["section"] == "sweep")
+    assert [r["name"].split(",")[1].strip() for r in (fork, fresh)] == ["fork server", "fresh process"]
+    assert fork["goal"] == sweep.GOAL and fresh["goal"] is None
+    assert fork["n"] == fresh["n"] == startup["n"] >= 1
+    assert min(fork["ratio"], fresh["ratio"]) > 1  # a sweep costs more than its training
+    assert "the whole command" in fork["note"] and "SLURM" in startup["note"]
+    assert not list(tmp_path.iterdir()), "the bench writes only into its temporary directory, sweeps included"
