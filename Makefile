@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup slurm-packages browser-packages lint test test-fast quickstart clean
+.PHONY: setup system-packages lint test test-fast quickstart clean
 
 # Idempotent: reinstalls only when pyproject.toml or the CI constraints change.
 setup: $(STAMP)
@@ -15,13 +15,18 @@ $(STAMP): pyproject.toml constraints-ci.txt
 	$(PY) -m pip install --quiet -c constraints-ci.txt -e '.[dev]'
 	touch $(STAMP)
 
-# The SLURM tests start a real single-node cluster; CI runs as root on a fresh Debian machine.
-slurm-packages:
-	command -v slurmctld >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurmctld slurmd slurm-client munge)
-
-# The HTML comparison page is tested in a real headless browser: Debian's Chromium.
-browser-packages:
-	command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
+# The SLURM tests start a real single-node cluster and the HTML comparison page is tested in a real headless browser:
+# Debian's slurmctld, slurmd, slurm-client, munge and chromium, installed in one apt-get run when any is missing
+# (CI starts bare, as root).
+SYSTEM_PACKAGES := slurmctld:slurmctld slurmd:slurmd sinfo:slurm-client munged:munge chromium:chromium  # program:package
+system-packages:
+	@missing=; for pair in $(SYSTEM_PACKAGES); do \
+	  command -v $${pair%%:*} >/dev/null || [ -x /usr/sbin/$${pair%%:*} ] || missing="$$missing $${pair##*:}"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "apt-get install$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
 
 # ruff, configured in pyproject.toml, on the whole tree.
 lint: setup
@@ -31,7 +36,8 @@ lint: setup
 # (at most 4). A test file runs whole in one worker (--dist loadfile), so its module fixtures (a sweep, a cluster's
 # jobs) are set up once, as in a serial run.
 TEST_WORKERS ?= auto
-test: lint slurm-packages browser-packages
+test:
+	$(MAKE) -j2 lint system-packages  # the venv and the system packages install side by side
 	WANDB_MODE=offline $(PY) -m pytest -q -n $(TEST_WORKERS) --maxprocesses 4 --dist loadfile
 
 # The fast tests only (no training, no cluster).

@@ -16,7 +16,15 @@ os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 
 
+# Files of a minute or more on 2 cores (pytest --durations), run first: `make test` hands whole files to its
+# pytest-xdist workers in collection order, and a long file handed out last would run alone at the end.
+LONG_FILES = ("tests/ablation/test_slurm.py", "tests/test_experiments.py", "tests/bench/test_bench.py",
+              "tests/models/test_registry.py", "tests/ablation/test_run.py")
+
+
 def pytest_collection_modifyitems(config, items):
+    first = {name: rank for rank, name in enumerate(LONG_FILES)}
+    items.sort(key=lambda item: first.get(item.nodeid.split("::")[0], len(LONG_FILES)))  # stable: files stay whole
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU")

@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lightning_depth.ablation import ledger
+from lightning_depth.ablation import ledger, liveness
 from lightning_depth.ablation.forkserver import ForkServer, die_with_parent
 from lightning_depth.errors import UsageError
 
@@ -38,6 +38,11 @@ def _gpu_count() -> int:
         return 0
 
 
+def cpu_threads(parallel: int) -> int:
+    """A CPU slot's share of the cores: the intra-op threads of each trial when ``parallel`` trials share them."""
+    return max(1, (os.cpu_count() or 1) // parallel)
+
+
 def slot_env(slot: int, parallel: int, gpus: int) -> dict[str, str]:
     """Environment of the trial in ``slot``: its GPU, or its share of the CPU threads.
 
@@ -45,13 +50,13 @@ def slot_env(slot: int, parallel: int, gpus: int) -> dict[str, str]:
     set it (indices, UUIDs or MIG names, kept as written), else the ``gpus`` devices it sees. A GPU left out of
     ``CUDA_VISIBLE_DEVICES`` is never given to a trial.
     """
-    env = dict(os.environ)
+    env = {**os.environ, liveness.LAUNCHER_ENV: str(os.getpid())}
     if gpus and parallel > 1:
         given = [d.strip() for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
         visible = given[:gpus] if "CUDA_VISIBLE_DEVICES" in os.environ else [str(i) for i in range(gpus)]
         env["CUDA_VISIBLE_DEVICES"] = visible[slot % len(visible)] if visible else ""
     if parallel > 1:
-        threads = str(max(1, (os.cpu_count() or 1) // parallel))
+        threads = str(cpu_threads(parallel))
         env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
     return env
 

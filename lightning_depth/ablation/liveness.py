@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import socket
 import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -33,6 +34,8 @@ from lightning_depth.ablation.slurm_queue import ACTIVE_STATES, QueueUnavailable
 HEARTBEAT_S = 30.0
 # Ten heartbeats missed: long enough for a stalled shared filesystem or a few minutes of clock skew between nodes.
 STALE_S = 10 * HEARTBEAT_S
+# The pid of the local launch a trial belongs to, in the trial's environment (SLURM tasks have none).
+LAUNCHER_ENV = "LIGHTNING_DEPTH_LAUNCHER_PID"
 
 
 @dataclass(frozen=True)
@@ -111,6 +114,21 @@ def mark_interrupted(ablation: Ablation) -> dict[str, str] | None:
             if not found.alive:
                 trial.interrupted = found.what
     return queue
+
+
+def launcher_gone(grace_s: float = 0.0) -> bool:
+    """Whether the local launch that started this trial has ended, waiting up to ``grace_s`` for it to. A killed
+    launcher takes its trials with it (``PR_SET_PDEATHSIG``) and its W&B service too; a trial that meets the lost
+    service in the moment between has not failed, it was interrupted."""
+    pid = os.environ.get(LAUNCHER_ENV, "")
+    if not pid.isdigit():
+        return False
+    deadline = time.monotonic() + grace_s
+    while _process_alive(int(pid), None):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 def _when(text: str | None) -> datetime | None:

@@ -31,9 +31,10 @@ STARTUP_RUNS = 2  # through a fork server: the first trial also waits for the se
 STARTUP_TIMEOUT_S = 600.0
 
 
-def probe_arm(parser: Any, cfg: Any) -> dict[str, Any]:
-    """Parameters, multiply-adds and the measured seconds per training step of one arm's configuration; without
-    the data, ``missing`` says why and the step is timed on random batches of the data's shape."""
+def probe_arm(parser: Any, cfg: Any, slot_threads: int = 0) -> dict[str, Any]:
+    """Parameters, multiply-adds and the measured seconds per training step of one arm's configuration (with
+    ``slot_threads``: also at that many intra-op threads, a CPU slot's share); without the data, ``missing`` says
+    why and the step is timed on random batches of the data's shape."""
     init, missing = None, None
     try:
         init = parser.instantiate_classes(cfg)
@@ -56,24 +57,37 @@ def probe_arm(parser: Any, cfg: Any) -> dict[str, Any]:
     stats = profile_model(model.net, x.shape[-1], in_channels=x.shape[1])
     optimizer = model.optimizer_factory(model._param_groups())
     model.train()
-    seconds = []
-    for step in range(PROBE_STEPS + 1):
-        start = time.perf_counter()
-        logits = logits_and_aux(model.net(x)).logits
-        loss = torch.nn.functional.cross_entropy(logits, y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if step:  # the first step pays one-off allocation costs
-            seconds.append(time.perf_counter() - start)
-    step_s = sorted(seconds)[len(seconds) // 2]
-    probe = {"params": stats.params, "macs": stats.macs, "step_s": step_s, "batch": tuple(x.shape),
-             "missing": missing, "estimate_s": None}
+    step_s = _time_steps(model.net, optimizer, x, y)
+    slot_step_s = step_s
+    if slot_threads and slot_threads != torch.get_num_threads():
+        threads = torch.get_num_threads()
+        torch.set_num_threads(slot_threads)
+        try:
+            slot_step_s = _time_steps(model.net, optimizer, x, y)
+        finally:
+            torch.set_num_threads(threads)
+    probe = {"params": stats.params, "macs": stats.macs, "step_s": step_s, "slot_step_s": slot_step_s,
+             "batch": tuple(x.shape), "missing": missing, "estimate_s": None, "slot_estimate_s": None}
     if missing is None:
         steps = _planned_steps(cfg, len(loader))
         val_batches = len(data.val_dataloader()) * _epochs(cfg, steps, len(loader))
-        probe["estimate_s"] = steps * step_s + val_batches * step_s / 3
+        work = steps + val_batches / 3  # a validation batch: a forward, about a third of a training step
+        probe.update(estimate_s=work * step_s, slot_estimate_s=work * slot_step_s)
     return probe
+
+
+def _time_steps(net: torch.nn.Module, optimizer: Any, x: torch.Tensor, y: torch.Tensor) -> float:
+    """The median of PROBE_STEPS timed training steps, after one untimed (it pays one-off allocations)."""
+    seconds = []
+    for step in range(PROBE_STEPS + 1):
+        start = time.perf_counter()
+        loss = torch.nn.functional.cross_entropy(logits_and_aux(net(x)).logits, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if step:
+            seconds.append(time.perf_counter() - start)
+    return sorted(seconds)[len(seconds) // 2]
 
 
 def _data_shape(cfg: Any, data: Any) -> dict[str, int]:
@@ -146,15 +160,12 @@ def measure_startup(parser: Any, trial: Any, fork_server: bool = True) -> dict[s
     return {"per_trial_s": seconds[-1], "once_s": max(seconds[0] - seconds[-1], 0.0), "how": starter.how}
 
 
-def sweep_seconds(trial_s: list[float], startup: dict[str, Any], slots: int, gpus: int) -> float:
-    """The sweep's wall time with ``slots`` trials at once, started in order as the launcher starts them. On GPUs
-    (one per slot) trials overlap whole; CPU slots split the cores, so training takes as long as one at a time and
-    only the start-ups, mostly one core's work, overlap (an optimistic bound: small networks often use N cores less
-    than N times as well, and then slots gain more)."""
+def sweep_seconds(trial_s: list[float], startup: dict[str, Any], slots: int) -> float:
+    """The sweep's wall time with ``slots`` trials at once, each started in launch order as a slot frees, as the
+    launcher starts them. ``trial_s`` are the trials' times as they run in a slot: on its own GPU, or at its share
+    of the CPU's cores (a small network often uses N cores less than N times as well as one, so CPU slots gain)."""
     per, once = startup.get("per_trial_s", 0.0), startup.get("once_s", 0.0)
-    if not gpus:
-        return once + sum(trial_s) + per * len(trial_s) / slots
-    ends = [0.0] * min(slots, gpus)
+    ends = [0.0] * max(slots, 1)
     for seconds in trial_s:
         ends[ends.index(min(ends))] += seconds + per
     return once + max(ends)
@@ -165,10 +176,12 @@ def print_dry_run(parser: Any, planned: list[Any], parallel: int = 1, fork_serve
     included); then the sweep's time one at a time and with ``parallel`` (or a natural number of) slots."""
     # First: the fork server is forked from this process, which must not have run a parallel op yet.
     startup = measure_startup(parser, planned[0], fork_server) if planned else {"error": "no trials"}
+    slots, gpus = _slots(parallel, planned[0].config) if planned else (1, 0)
+    slot_threads = launch_local.cpu_threads(slots) if slots > 1 and not gpus else 0
     probes: dict[str, dict[str, Any]] = {}
     for trial in planned:
         if trial.arm.name not in probes:
-            probes[trial.arm.name] = probe_arm(parser, trial.config)
+            probes[trial.arm.name] = probe_arm(parser, trial.config, slot_threads)
     header = ["trial", "arm", "seed", "overrides", "params", "multiply-adds", "step", "est. time"]
     rows = []
     for trial in planned:
@@ -187,11 +200,12 @@ def print_dry_run(parser: Any, planned: list[Any], parallel: int = 1, fork_serve
     trial_s = [probes[t.arm.name]["estimate_s"] or 0.0 for t in planned]
     print(f"\n{_startup_line(startup)}")
     print(f"\n{len(planned)} trials, {len(probes)} arms"
-          + (f"; estimated {fmt.duration(sweep_seconds(trial_s, startup, 1, 0))} run one at a time"
+          + (f"; estimated {fmt.duration(sweep_seconds(trial_s, startup, 1))} run one at a time"
              if not missing else "")
           + f" (probe: median of {PROBE_STEPS} training steps per arm on this machine). Nothing was trained.")
     if not missing and planned:
-        print(_parallel_line(trial_s, startup, parallel, planned[0].config))
+        slot_s = [probes[t.arm.name]["slot_estimate_s"] or 0.0 for t in planned]
+        print(_parallel_line(slot_s, startup, slots, gpus, slot_threads, probes))
 
 
 def _startup_line(startup: dict[str, Any]) -> str:
@@ -202,15 +216,26 @@ def _startup_line(startup: dict[str, Any]) -> str:
             f"steps, as {startup['how']}{once}); included above.")
 
 
-def _parallel_line(trial_s: list[float], startup: dict[str, Any], parallel: int, cfg: Any) -> str:
-    """The sweep's time with ``--parallel N``: the N given, else one slot per GPU, else two CPU slots."""
+def _slots(parallel: int, cfg: Any) -> tuple[int, int]:
+    """The slots the ``--parallel`` line estimates (the N given, else one per GPU, else two CPU slots) and the GPUs
+    the trials would use."""
     accelerator = str(cfg.trainer.get("accelerator") or "auto")
     gpus = torch.cuda.device_count() if accelerator in ("gpu", "cuda", "auto") else 0
-    slots = parallel if parallel > 1 else max(gpus, 2)
-    where = (f"one GPU each of {gpus}" if gpus and slots <= gpus else f"{gpus} GPUs shared" if gpus
-             else f"CPU slots sharing {os.cpu_count() or 1} cores, threads split")
-    return (f"With --parallel {slots} ({where}): about {fmt.duration(sweep_seconds(trial_s, startup, slots, gpus))}"
-            + ("" if gpus else ": on a CPU, slots overlap the start-ups and the training takes as long") + ".")
+    return (parallel if parallel > 1 else max(gpus, 2)), gpus
+
+
+def _parallel_line(slot_s: list[float], startup: dict[str, Any], slots: int, gpus: int, slot_threads: int,
+                   probes: dict[str, dict[str, Any]]) -> str:
+    """The sweep's time with ``--parallel slots``: GPU slots overlap whole trials (GPUs shared beyond one a slot);
+    CPU slots each train at their share of the threads, at the step time measured with that many."""
+    if gpus:
+        where = f"one GPU each of {gpus}" if slots <= gpus else f"{gpus} GPUs shared"
+        seconds = sweep_seconds(slot_s, startup, min(slots, gpus))
+        return f"With --parallel {slots} ({where}): about {fmt.duration(seconds)}."
+    steps = ", ".join(_step(p["slot_step_s"]) for p in probes.values())
+    return (f"With --parallel {slots} ({slots} CPU slots of {slot_threads or torch.get_num_threads()} thread(s) each "
+            f"on {os.cpu_count() or 1} cores; a step at that share: {steps}): about "
+            f"{fmt.duration(sweep_seconds(slot_s, startup, slots))}.")
 
 
 def _step(seconds: float) -> str:

@@ -19,7 +19,7 @@ from pathlib import Path
 import yaml
 
 from lightning_depth.ablation import ledger
-from lightning_depth.ablation.liveness import Heartbeat
+from lightning_depth.ablation.liveness import Heartbeat, launcher_gone
 from lightning_depth.cli import run_cli
 from lightning_depth.errors import UsageError
 from lightning_depth.metrics import RESULT_FILE
@@ -86,6 +86,11 @@ def _run_locked(trial_dir: Path, config: Path) -> int:
         if _preempted(err):
             ledger.write_state(trial_dir, "pending", reason="interrupted by a signal; resumes when run again")
             raise
+        # Its launcher was killed: the kernel is about to end this trial too, and the W&B service, the launcher's,
+        # is already gone. What failed is the launch, not the trial.
+        if launcher_gone(grace_s=1.0 if isinstance(err, ConnectionError) else 0.0):
+            ledger.write_state(trial_dir, "pending", reason="its launcher ended; resumes when run again")
+            return 1
         message = str(err).strip().splitlines()[0] if str(err).strip() else ""
         ledger.mark_failed(trial_dir, f"{type(err).__name__}: {message}"[:300])
         traceback.print_exc()

@@ -180,15 +180,13 @@ def test_a_killed_sweep_resumes_and_ends_exactly_like_an_uninterrupted_one(tmp_p
     assert _results(straight / "preact") == _results(killed / "preact")
 
 
-def test_the_dry_run_estimate_adds_each_trials_start_up_and_overlaps_trials_where_slots_have_their_own_device():
+def test_the_dry_run_estimate_adds_each_trials_start_up_and_starts_trials_as_slots_free_up():
     startup, trials = {"per_trial_s": 2.0, "once_s": 3.0}, [10.0, 10.0, 20.0, 20.0]
-    assert sweep_seconds(trials, startup, slots=1, gpus=0) == 3 + 60 + 4 * 2
-    # CPU slots split the cores: the training takes as long, only the start-ups overlap.
-    assert sweep_seconds(trials, startup, slots=2, gpus=0) == 3 + 60 + 4 * 2 / 2
-    # One GPU per slot: trials start in launch order as slots free up.
-    assert sweep_seconds(trials, startup, slots=2, gpus=2) == 3 + (10 + 2) + (20 + 2)
-    assert sweep_seconds(trials, startup, slots=4, gpus=2) == 3 + (10 + 2) + (20 + 2)
-    assert sweep_seconds(trials, {"error": "the data is not there"}, slots=1, gpus=0) == 60
+    assert sweep_seconds(trials, startup, slots=1) == 3 + 60 + 4 * 2
+    # Two slots: the first two trials start at once, the last two as those end.
+    assert sweep_seconds(trials, startup, slots=2) == 3 + (10 + 2) + (20 + 2)
+    assert sweep_seconds([30.0, 10.0, 10.0], startup, slots=2) == 3 + (30 + 2)  # the short ones run beside the long
+    assert sweep_seconds(trials, {"error": "the data is not there"}, slots=1) == 60
 
 
 def test_dry_run_prints_the_matrix_and_trains_nothing(tmp_path):

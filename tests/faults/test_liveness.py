@@ -17,11 +17,13 @@ import pytest
 
 from lightning_depth.ablation import ledger
 from lightning_depth.ablation.ledger import TrialState
-from lightning_depth.ablation.liveness import STALE_S, Heartbeat, Owner, owner
+from lightning_depth.ablation.liveness import LAUNCHER_ENV, STALE_S, Heartbeat, Owner, owner
 from lightning_depth.ablation.render import render
 from lightning_depth.ablation.report import build_report
 from lightning_depth.commands import status
 from tests.faults.sweeps import experiment, program
+from tests.faults.trials import make_trial
+from tests.faults.trials import state as trial_state
 from tests.helpers.cli import ROOT, cli, cli_in_process
 
 
@@ -135,3 +137,30 @@ def test_a_sweep_killed_mid_trial_is_interrupted_and_a_relaunch_finishes_it(tmp_
         result = json.loads((ablation / trial / "result.json").read_text())
         # Resumed where it stopped: every epoch trained once, none skipped.
         assert (result["epochs"], result["global_step"]) == (3, 6), (trial, result)
+
+
+def _ended_pid() -> int:
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()
+    return ended.pid
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("launcher", ["ended", "none"])
+def test_a_trial_that_loses_its_wandb_service_once_its_launcher_ended_is_interrupted_not_failed(tmp_path, launcher):
+    """A killed launch takes its W&B service with it, and its trials a moment later (PR_SET_PDEATHSIG). A trial that
+    meets the lost service in that moment resumes when the launch runs again; without an ended launcher, the same
+    error is the trial's own failure."""
+    trial_dir = make_trial(tmp_path / "abl", trainer={"max_epochs": 1})
+    # W&B's service token (WANDB_SERVICE: version 3, the parent's pid, a Unix socket) for a socket nobody serves.
+    env = {"WANDB_SERVICE": f"3-{os.getpid()}-unix-{tmp_path / 'gone.sock'}"}
+    if launcher == "ended":
+        env[LAUNCHER_ENV] = str(_ended_pid())
+    proc = cli("trial", str(trial_dir), env=env, check=False)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    found = trial_state(trial_dir)
+    if launcher == "ended":
+        assert (found["state"], found["reason"]) == ("pending", "its launcher ended; resumes when run again")
+    else:
+        assert found["state"] == "failed" and "launcher" not in found["reason"], found
