@@ -233,7 +233,8 @@ def _parallel_line(slot_s: list[float], startup: dict[str, Any], slots: int, gpu
         seconds = sweep_seconds(slot_s, startup, min(slots, gpus))
         return f"With --parallel {slots} ({where}): about {fmt.duration(seconds)}."
     steps = ", ".join(_step(p["slot_step_s"]) for p in probes.values())
-    return (f"With --parallel {slots} ({slots} CPU slots of {slot_threads or torch.get_num_threads()} thread(s) each "
+    threads = slot_threads or torch.get_num_threads()
+    return (f"With --parallel {slots} ({slots} CPU slots of {threads} thread{'s' if threads != 1 else ''} each "
             f"on {os.cpu_count() or 1} cores; a step at that share: {steps}): about "
             f"{fmt.duration(sweep_seconds(slot_s, startup, slots))}.")
 
