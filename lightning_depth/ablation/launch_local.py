@@ -29,7 +29,8 @@ SUMMARY = re.compile(r"^sweep: (\d+) trials? in ([\d.]+) s(?:, ([\d.]+) s of it 
                      re.MULTILINE)
 
 
-def _gpu_count() -> int:
+def gpu_count() -> int:
+    """The CUDA devices this process may give to trials (0 without torch's CUDA)."""
     try:
         import torch
 
@@ -150,7 +151,7 @@ def launch(trial_dirs: list[Path], parallel: int = 1, metric: str = "val/acc1", 
         return True
     began = time.perf_counter()
     starter = runner(fork_server)
-    gpus = _gpu_count()
+    gpus = gpu_count()
     if gpus and parallel > gpus:
         print(f"--parallel {parallel} with {gpus} GPU(s): trials will share GPUs", file=sys.stderr)
     running: dict[int, tuple[int, Path, float]] = {}

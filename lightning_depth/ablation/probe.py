@@ -67,12 +67,12 @@ def probe_arm(parser: Any, cfg: Any, slot_threads: int = 0) -> dict[str, Any]:
         finally:
             torch.set_num_threads(threads)
     probe = {"params": stats.params, "macs": stats.macs, "step_s": step_s, "slot_step_s": slot_step_s,
-             "batch": tuple(x.shape), "missing": missing, "estimate_s": None, "slot_estimate_s": None}
+             "batch": tuple(x.shape), "missing": missing, "estimate_s": None}
     if missing is None:
         steps = _planned_steps(cfg, len(loader))
         val_batches = len(data.val_dataloader()) * _epochs(cfg, steps, len(loader))
-        work = steps + val_batches / 3  # a validation batch: a forward, about a third of a training step
-        probe.update(estimate_s=work * step_s, slot_estimate_s=work * slot_step_s)
+        # A validation batch: a forward, about a third of a training step.
+        probe["estimate_s"] = (steps + val_batches / 3) * step_s
     return probe
 
 
@@ -204,7 +204,8 @@ def print_dry_run(parser: Any, planned: list[Any], parallel: int = 1, fork_serve
              if not missing else "")
           + f" (probe: median of {PROBE_STEPS} training steps per arm on this machine). Nothing was trained.")
     if not missing and planned:
-        slot_s = [probes[t.arm.name]["slot_estimate_s"] or 0.0 for t in planned]
+        # The same steps in a slot, at the step time measured with the slot's threads.
+        slot_s = [p["estimate_s"] * p["slot_step_s"] / p["step_s"] for p in (probes[t.arm.name] for t in planned)]
         print(_parallel_line(slot_s, startup, slots, gpus, slot_threads, probes))
 
 
@@ -220,7 +221,7 @@ def _slots(parallel: int, cfg: Any) -> tuple[int, int]:
     """The slots the ``--parallel`` line estimates (the N given, else one per GPU, else two CPU slots) and the GPUs
     the trials would use."""
     accelerator = str(cfg.trainer.get("accelerator") or "auto")
-    gpus = torch.cuda.device_count() if accelerator in ("gpu", "cuda", "auto") else 0
+    gpus = launch_local.gpu_count() if accelerator in ("gpu", "cuda", "auto") else 0
     return (parallel if parallel > 1 else max(gpus, 2)), gpus
 
 

@@ -81,6 +81,11 @@ def _pending_cell(arm: ArmReport) -> str:
     return f"{counts['pending']} ({detail})" if detail else str(counts["pending"])
 
 
+def _interrupted(report: Report) -> list[Any]:
+    """The trials whose process or job is gone while their ledger says running (:mod:`liveness` decided)."""
+    return [t for t in report.ablation.trials if t.interrupted is not None]
+
+
 def count_notes(report: Report) -> list[str]:
     """The lines under the table that say what a Δ cell rests on, where the cell alone cannot."""
     lines = []
@@ -102,7 +107,7 @@ def count_notes(report: Report) -> list[str]:
                      "for; the Δ pairs only the seeds both have (its pairs), so it may differ from the difference of "
                      "the means.")
     lines += [f"Interrupted: {t.id} ({t.arm}, seed {t.seed}): {t.interrupted}; a relaunch resumes it."
-              for t in report.ablation.trials if t.interrupted is not None]
+              for t in _interrupted(report)]
     return lines
 
 
@@ -224,7 +229,7 @@ def _json(report: Report, analysis: Analysis) -> str:
                      "wall_time_s": _num(arm.wall_time_s), "metrics": metrics})
     return json.dumps({"ablation": report.ablation.name, "baseline": report.baseline, "metric": report.metric,
                        "ci": report.ci, "interrupted": [{"id": t.id, "arm": t.arm, "seed": t.seed, "why": t.interrupted}
-                                                        for t in report.ablation.trials if t.interrupted is not None],
+                                                        for t in _interrupted(report)],
                        "per_example_ci": LABEL, "arms_compared": analysis.arms_compared,
                        "seeds_advice": {"confidence": CONFIDENCE, "power": POWER,
                                         "min_effect": analysis.min_effect}, "arms": arms}, indent=2)
